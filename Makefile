@@ -1,0 +1,55 @@
+# The two commands a newcomer needs:
+#   make        set everything up and build the course (notebooks executed, slides rendered)
+#   make test   run the whole test suite
+# Everything runs inside .venv, which the first command creates.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: all venv data notebooks notebooks-fast slides test lint benchmarks clean
+
+all: notebooks slides
+
+# The virtual environment, with pdl installed in editable mode plus the notebook and
+# development extras. Re-installed when pyproject.toml changes.
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[notebooks,dev]'
+	touch $(STAMP)
+
+# Fetch and verify every dataset (from the data root, the mirror PDL_DATA_MIRROR, or the web).
+data: venv
+	$(PY) -m pdl data
+
+# Execute every notebook with its real (teaching) parameters into build/notebooks/full/.
+notebooks: venv data
+	$(PY) tools/run_notebooks.py --mode full
+
+# The same with the fast parameters CI uses, into build/notebooks/fast/.
+notebooks-fast: venv data
+	$(PY) tools/run_notebooks.py --mode fast
+
+# Marp CLI, pinned in slides/package-lock.json.
+slides/node_modules/.installed: slides/package.json slides/package-lock.json
+	cd slides && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Figures, then every deck to build/slides/NN_slug.html and .pdf.
+slides: venv slides/node_modules/.installed
+	$(PY) tools/build_slides.py
+
+test: venv data slides/node_modules/.installed
+	$(PY) -m pytest
+
+lint: venv
+	$(PY) -m ruff check pdl tests tools benchmarks
+
+benchmarks: venv data
+	$(PY) benchmarks/fit_overhead.py
+	$(PY) benchmarks/data_pipeline.py
+
+clean:
+	rm -rf build

@@ -1,0 +1,39 @@
+"""pdl: the helper library of the Practical Deep Learning course.
+
+Small modules, one concern each, meant to be read:
+
+- ``pdl.device``: device choice, mixed-precision policy, seeding, moving batches.
+- ``pdl.data``: the data root, offline mirror and downloads; Fashion-MNIST and ants/bees.
+- ``pdl.train``: ``train_one_epoch``, ``evaluate``, ``predict`` and ``fit`` (lecture 03's loop).
+- ``pdl.checkpoint``: atomic, ``weights_only``-safe checkpoints.
+- ``pdl.metrics``: torchmetrics classification metrics with the right ``task=``.
+- ``pdl.plot``: training curves, image grids, confusion matrices.
+- ``pdl.checks``: self-checks for the notebook exercises.
+- ``pdl.transfer``: pretrained backbones, heads, freezing, cached features (lecture 06).
+"""
+
+from pdl import checkpoint, checks, data, device, metrics, plot, train
+from pdl.device import get_device, precision_policy, seed_everything, to_device
+from pdl.train import History, evaluate, fit, predict, train_one_epoch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "History",
+    "checkpoint",
+    "checks",
+    "data",
+    "device",
+    "evaluate",
+    "fit",
+    "get_device",
+    "metrics",
+    "plot",
+    "precision_policy",
+    "predict",
+    "seed_everything",
+    "to_device",
+    "train",
+    "train_one_epoch",
+
+]
