@@ -4,6 +4,7 @@ Each notebook carries its own run settings in its metadata, under ``"pdl"``:
 
     {
       "fast_parameters": {"epochs": 1, "train_subset": 5000},   # what CI overrides
+      "full_parameters": {"weights": "..."},                    # rare: offline-only overrides
       "results": ["test_accuracy", "grad_max_abs_diff"],          # values to report
       "checks": ["grad_max_abs_diff < 1e-6"],                     # must hold in every mode
       "fast_checks": ["test_accuracy >= 0.75"],                   # ... with fast parameters
@@ -12,7 +13,9 @@ Each notebook carries its own run settings in its metadata, under ``"pdl"``:
     }
 
 ``--mode fast`` injects ``fast_parameters`` after the cell tagged ``parameters`` (papermill's
-convention); ``--mode full`` runs the notebook's own defaults. After the last cell, the
+convention); ``--mode full`` runs the notebook's own defaults, except for ``full_parameters``
+(used only where a default cannot run offline, e.g. pretrained weights that must come from
+the data mirror). After the last cell, the
 ``results`` and ``checks`` are evaluated *in the notebook's kernel*, so the numbers checked
 are the ones the notebook printed. Executed copies go to ``build/notebooks/<mode>/`` with a
 ``report.json`` of times, results and check outcomes.
@@ -78,8 +81,8 @@ def execute_notebook(path: Path, mode: str = "fast", out_dir: Path | None = None
     nb = nbformat.read(path, as_version=4)
     config = settings(nb)
     run = NotebookRun(name=path.stem, mode=mode)
-    if mode == "fast" and config.get("fast_parameters"):
-        inject_parameters(nb, config["fast_parameters"])
+    if config.get(f"{mode}_parameters"):
+        inject_parameters(nb, config[f"{mode}_parameters"])
 
     # The kernel runs in the output folder: TensorBoard runs, checkpoints and other files a
     # notebook writes land in build/, not in the source tree.
@@ -116,7 +119,7 @@ def inject_parameters(nb: nbformat.NotebookNode, parameters: dict) -> None:
     )
     if index is None:
         raise ValueError("the notebook has fast_parameters but no cell tagged 'parameters'")
-    lines = ["# Parameters injected for a fast run (tools/run_notebooks.py)"]
+    lines = ["# Parameters injected by tools/run_notebooks.py"]
     lines += [f"{name} = {value!r}" for name, value in parameters.items()]
     cell = nbformat.v4.new_code_cell("\n".join(lines))
     cell.metadata["tags"] = ["injected-parameters"]
