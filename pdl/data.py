@@ -480,7 +480,9 @@ def tensor_loader(
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
     # batch_size=None: the dataset already returns whole batches, so no collation is needed.
-    return DataLoader(dataset, sampler=batches, batch_size=None)
+    # The generator is given to the DataLoader too, which draws its worker seed from it first,
+    # exactly as DataLoader(..., shuffle=True, generator=g) does: same generator, same batches.
+    return DataLoader(dataset, sampler=batches, batch_size=None, generator=generator)
 
 
 # --------------------------------------------------------------------------------------
