@@ -361,6 +361,7 @@ def fit(
     patience: int | None = None,
     log_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    live_plot: bool = False,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs, validating after each; return a ``History``.
 
@@ -383,6 +384,7 @@ def fit(
       ``patience``: stop after this many epochs without improvement.
     - ``log_dir``: write TensorBoard scalars there (``tensorboard --logdir <log_dir>``).
     - ``progress``: a progress bar per epoch and one summary line per epoch.
+    - ``live_plot``: in a notebook, redraw the loss curves after every epoch.
 
     Ctrl-C (KeyboardInterrupt) stops training cleanly: the model keeps what it learned, the
     history of the finished epochs is returned (``history.interrupted`` is True) and the
@@ -429,6 +431,7 @@ def fit(
             print(f"Resumed from {resume} after epoch {state['epoch']}.")
 
     writer = _tensorboard_writer(log_dir)
+    live = _live_plot() if live_plot else None
     epoch = start_epoch - 1
     try:
         for epoch in range(start_epoch, epochs + 1):
@@ -467,6 +470,8 @@ def fit(
 
             if writer is not None:
                 _log_scalars(writer, row)
+            if live is not None:
+                live.update(row)
             if progress:
                 tqdm.write(_summary_line(row, epochs))
             if checkpoint_dir is not None:
@@ -637,6 +642,12 @@ def _tensorboard_writer(log_dir: str | os.PathLike | None):
     from torch.utils.tensorboard import SummaryWriter  # imported only when logging is asked for
 
     return SummaryWriter(log_dir=str(log_dir))
+
+
+def _live_plot():
+    from pdl.plot import LivePlot  # matplotlib is imported only when a live plot is asked for
+
+    return LivePlot()
 
 
 def _log_scalars(writer, row: dict[str, float]) -> None:

@@ -261,6 +261,17 @@ def test_fp16_scaler_skips_overflowing_steps_without_failing():
     assert math.isfinite(history["train_loss"][-1])
 
 
+def test_binary_classification_with_one_logit_and_live_plot():
+    torch.manual_seed(0)
+    x = torch.randn(256, 5)
+    y = (x[:, :1] > 0).float()  # (N, 1) float targets, as BCEWithLogitsLoss wants
+    model = nn.Linear(5, 1)
+    history = fit(model, tensor_loader(x, y, batch_size=32), tensor_loader(x, y, batch_size=64),
+                  loss_fn=nn.BCEWithLogitsLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=3,
+                  metrics=classification_metrics(2, task="binary"), progress=False, live_plot=True)
+    assert history["val_accuracy"][-1] >= 0.9
+
+
 def test_evaluate_uses_eval_mode_and_inference_mode():
     model = nn.Sequential(nn.Linear(5, 5), nn.Dropout(0.9), nn.Linear(5, 2))
     loader = toy_data()
