@@ -8,11 +8,12 @@ Small modules, one concern each, meant to be read:
 - ``pdl.checkpoint``: atomic, ``weights_only``-safe checkpoints.
 - ``pdl.metrics``: torchmetrics classification metrics with the right ``task=``.
 - ``pdl.plot``: training curves, image grids, confusion matrices.
+- ``pdl.batchnorm``: batch normalization written out, and folding BN into a conv (lecture 05).
 - ``pdl.checks``: self-checks for the notebook exercises.
 - ``pdl.transfer``: pretrained backbones, heads, freezing, cached features (lecture 06).
 """
 
-from pdl import checkpoint, checks, data, device, metrics, plot, train
+from pdl import batchnorm, checkpoint, checks, data, device, metrics, plot, train, transfer
 from pdl.device import get_device, precision_policy, seed_everything, to_device
 from pdl.train import History, evaluate, fit, predict, train_one_epoch
 
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "History",
+    "batchnorm",
     "checkpoint",
     "checks",
     "data",
@@ -35,5 +37,6 @@ __all__ = [
     "to_device",
     "train",
     "train_one_epoch",
+    "transfer",
 
 ]

@@ -281,10 +281,20 @@ def _say(quiet: bool, message: str) -> None:
         print(message)
 
 
+def offline() -> bool:
+    """True when ``PDL_OFFLINE`` is set (to anything but "0"): pdl must not try to download.
+
+    Example:
+        >>> import os; os.environ["PDL_OFFLINE"] = "1"; offline()
+        True
+        >>> del os.environ["PDL_OFFLINE"]; offline()
+        False
+    """
+    return os.environ.get(OFFLINE_ENV, "") not in ("", "0")
+
+
 def _can_download(resource: Resource) -> bool:
-    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
-        return False
-    return bool(resource.url or resource.file_urls)
+    return not offline() and bool(resource.url or resource.file_urls)
 
 
 def _not_found_message(

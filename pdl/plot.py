@@ -165,7 +165,8 @@ def plot_confusion_matrix(
         matrix = matrix / matrix.sum(dim=1, keepdim=True).clamp(min=1)
     n = matrix.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
-    ax = ax or plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))[1]
+    side = max(3.5, 0.6 * n + 1.0)  # readable for 2 classes, grows with more
+    ax = ax or plt.subplots(figsize=(side + 0.8, side))[1]
     image = ax.imshow(matrix.numpy(), cmap="Blues")
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(n), names, rotation=45, ha="right")

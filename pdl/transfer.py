@@ -215,8 +215,7 @@ def _ensure_in_hub_cache(weights: WeightsEnum, backbone: str, progress: bool) ->
     path = hub_checkpoint_path(weights)
     if path.is_file():
         return path
-    offline = os.environ.get(pdl_data.OFFLINE_ENV, "") not in ("", "0")
-    if offline:
+    if pdl_data.offline():
         raise WeightsNotAvailableError(_weights_missing_message(weights, backbone, path, f"{pdl_data.OFFLINE_ENV} is set"))
     try:
         _download(weights.url, path, progress)

@@ -4,7 +4,7 @@ Each notebook carries its own run settings in its metadata, under ``"pdl"``:
 
     {
       "fast_parameters": {"epochs": 1, "train_subset": 5000},   # what CI overrides
-      "full_parameters": {"weights": "..."},                    # rare: offline-only overrides
+      "offline_parameters": {"weights": "data:..."},            # rare: when PDL_OFFLINE=1
       "results": ["test_accuracy", "grad_max_abs_diff"],          # values to report
       "checks": ["grad_max_abs_diff < 1e-6"],                     # must hold in every mode
       "fast_checks": ["test_accuracy >= 0.75"],                   # ... with fast parameters
@@ -13,9 +13,9 @@ Each notebook carries its own run settings in its metadata, under ``"pdl"``:
     }
 
 ``--mode fast`` injects ``fast_parameters`` after the cell tagged ``parameters`` (papermill's
-convention); ``--mode full`` runs the notebook's own defaults, except for ``full_parameters``
-(used only where a default cannot run offline, e.g. pretrained weights that must come from
-the data mirror). After the last cell, the
+convention); ``--mode full`` runs the notebook's own defaults. With ``PDL_OFFLINE=1`` (no
+internet, as in CI), ``offline_parameters`` are injected too, in either mode: they replace a
+default that needs a download (lecture 06's ImageNet weights) with a copy from the data mirror. After the last cell, the
 ``results`` and ``checks`` are evaluated *in the notebook's kernel*, so the numbers checked
 are the ones the notebook printed. Executed copies go to ``build/notebooks/<mode>/`` with a
 ``report.json`` of times, results and check outcomes.
@@ -36,6 +36,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from pdl.data import offline
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -81,8 +83,11 @@ def execute_notebook(path: Path, mode: str = "fast", out_dir: Path | None = None
     nb = nbformat.read(path, as_version=4)
     config = settings(nb)
     run = NotebookRun(name=path.stem, mode=mode)
-    if config.get(f"{mode}_parameters"):
-        inject_parameters(nb, config[f"{mode}_parameters"])
+    parameters = dict(config.get(f"{mode}_parameters", {}))
+    if offline():
+        parameters.update(config.get("offline_parameters", {}))
+    if parameters:
+        inject_parameters(nb, parameters)
 
     # The kernel runs in the output folder: TensorBoard runs, checkpoints and other files a
     # notebook writes land in build/, not in the source tree.

@@ -3,10 +3,30 @@
 Each check takes your function (or tensor), compares it with a reference on fresh inputs,
 prints a short success line or what is wrong, and returns True/False:
 
-    >>> pdl.checks.check_some_exercise(my_function)  # doctest: +SKIP
-    ✅ some exercise: correct
+    >>> pdl.checks.check_linear_backward(linear_backward)  # doctest: +SKIP
+    ✅ linear_backward: correct
+
+- ``pdl.checks.tensors``: lectures 00 (NumPy by hand) and 01 (tensors)
+- ``pdl.checks.autograd``: lecture 02
+- ``pdl.checks.modules``: lecture 03
+- ``pdl.checks.training_tricks``: lecture 04
+- ``pdl.checks.batchnorm``: lecture 05
+- ``pdl.checks.transfer``: lecture 06
+
+Every check is also available directly as ``pdl.checks.check_...``.
 """
 
+from pdl.checks import autograd, batchnorm, modules, tensors, training_tricks, transfer
+from pdl.checks.autograd import *  # noqa: F403
+from pdl.checks.batchnorm import *  # noqa: F403
 from pdl.checks.core import call_safely, compare_tensors, report
+from pdl.checks.modules import *  # noqa: F403
+from pdl.checks.tensors import *  # noqa: F403
+from pdl.checks.training_tricks import *  # noqa: F403
+from pdl.checks.transfer import *  # noqa: F403
 
-__all__ = ["call_safely", "compare_tensors", "report"]
+__all__ = ["call_safely", "compare_tensors", "report"] + [
+    name
+    for module in (tensors, autograd, modules, training_tricks, batchnorm, transfer)
+    for name in module.__all__
+]
