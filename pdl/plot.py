@@ -49,13 +49,7 @@ def plot_history(
         ax.plot(epochs, values, style, marker="o", markersize=3, label=name)
     if not found:
         raise KeyError(f"no train_{metric} or val_{metric} column; columns: {', '.join(columns)}")
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric} (log scale)" if log else metric)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    return ax
+    return _finish_epoch_axes(ax, metric, log)
 
 
 def compare_histories(histories: Mapping[str, Any], *, metric: str = "loss", split: str = "val",
@@ -76,10 +70,15 @@ def compare_histories(histories: Mapping[str, Any], *, metric: str = "loss", spl
             raise KeyError(f"run {name!r} has no column {key!r}")
         values = columns[key]
         ax.plot(columns.get("epoch", list(range(1, len(values) + 1))), values, marker="o", markersize=3, label=name)
+    return _finish_epoch_axes(ax, key, log)
+
+
+def _finish_epoch_axes(ax: plt.Axes, quantity: str, log: bool) -> plt.Axes:
+    """Scale, labels, grid and legend shared by the per-epoch curve plots."""
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{key} (log scale)" if log else key)
+    ax.set_ylabel(f"{quantity} (log scale)" if log else quantity)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return ax
