@@ -26,7 +26,7 @@ import torch
 DEVICE_ENV_VAR = "PDL_DEVICE"
 
 
-def get_device(prefer: str | None = None) -> torch.device:
+def get_device(prefer: torch.device | str | None = None) -> torch.device:
     """Return the best available device: CUDA, then Apple MPS, then the CPU.
 
     ``prefer`` (or the environment variable ``PDL_DEVICE``) forces a choice, e.g.

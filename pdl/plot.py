@@ -12,6 +12,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_history(
@@ -35,7 +36,7 @@ def plot_history(
         >>> ax.get_yscale()
         'log'
     """
-    columns = history.to_dict() if hasattr(history, "to_dict") else dict(history)
+    columns = _columns(history)
     log = ("loss" in metric) if log is None else log
     ax = ax or plt.subplots(figsize=(6, 4))[1]
     found = False
@@ -44,9 +45,8 @@ def plot_history(
         if values is None:
             continue
         found = True
-        epochs = columns.get("epoch", list(range(1, len(values) + 1)))
         name = f"{label} {split}" if label else split
-        ax.plot(epochs, values, style, marker="o", markersize=3, label=name)
+        ax.plot(_epochs(columns, values), values, style, marker="o", markersize=3, label=name)
     if not found:
         raise KeyError(f"no train_{metric} or val_{metric} column; columns: {', '.join(columns)}")
     return _finish_epoch_axes(ax, metric, log)
@@ -65,18 +65,29 @@ def compare_histories(histories: Mapping[str, Any], *, metric: str = "loss", spl
     ax = ax or plt.subplots(figsize=(6, 4))[1]
     key = f"{split}_{metric}"
     for name, history in histories.items():
-        columns = history.to_dict() if hasattr(history, "to_dict") else dict(history)
+        columns = _columns(history)
         if key not in columns:
             raise KeyError(f"run {name!r} has no column {key!r}")
         values = columns[key]
-        ax.plot(columns.get("epoch", list(range(1, len(values) + 1))), values, marker="o", markersize=3, label=name)
+        ax.plot(_epochs(columns, values), values, marker="o", markersize=3, label=name)
     return _finish_epoch_axes(ax, key, log)
+
+
+def _columns(history: Any) -> dict[str, list[float]]:
+    """A ``History`` or a mapping of columns, as a plain dict of columns."""
+    return history.to_dict() if hasattr(history, "to_dict") else dict(history)
+
+
+def _epochs(columns: Mapping[str, list[float]], values: list[float]) -> list[float]:
+    """The epoch column, or 1, 2, ... when the history has none."""
+    return columns.get("epoch", list(range(1, len(values) + 1)))
 
 
 def _finish_epoch_axes(ax: plt.Axes, quantity: str, log: bool) -> plt.Axes:
     """Scale, labels, grid and legend shared by the per-epoch curve plots."""
     if log:
         ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{quantity} (log scale)" if log else quantity)
     ax.grid(True, which="both", alpha=0.3)
@@ -185,23 +196,21 @@ def plot_confusion_matrix(
 class LivePlot:
     """Loss curves that redraw in a notebook while ``fit`` runs, epoch by epoch.
 
-    Call ``update(history_row)`` after each epoch; outside a notebook it just collects.
+    Call ``update(history)`` after each epoch with the history so far (a ``History`` or a
+    dict of columns); it draws the whole history, so a resumed run shows its earlier epochs
+    too. Outside a notebook it draws nothing.
 
     Example:
         >>> live = LivePlot()
-        >>> live.update({"epoch": 1, "train_loss": 0.9, "val_loss": 1.0})
-        >>> live.columns["val_loss"]
-        [1.0]
+        >>> live.update({"epoch": [1], "train_loss": [0.9], "val_loss": [1.0]})
     """
 
     def __init__(self, metric: str = "loss") -> None:
         self.metric = metric
-        self.columns: dict[str, list[float]] = {}
         self._display = None
 
-    def update(self, row: Mapping[str, float]) -> None:
-        for key, value in row.items():
-            self.columns.setdefault(key, []).append(value)
+    def update(self, history: Any) -> None:
+        """Redraw the curves of ``history`` in the notebook cell that runs ``fit``."""
         try:
             from IPython import get_ipython
             from IPython.display import display
@@ -210,7 +219,7 @@ class LivePlot:
         if get_ipython() is None:
             return
         fig, ax = plt.subplots(figsize=(6, 4))
-        plot_history(self.columns, metric=self.metric, ax=ax)
+        plot_history(history, metric=self.metric, ax=ax)
         plt.close(fig)  # shown through the display handle, not twice
         if self._display is None:
             self._display = display(fig, display_id=True)

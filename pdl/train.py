@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from pdl.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pdl.device import PrecisionPolicy, get_device, precision_policy, to_device
+from pdl.plot import LivePlot, plot_history
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -100,10 +101,10 @@ class History:
         """Plot the loss curves (and metrics) with ``pdl.plot.plot_history``; returns the axes.
 
         Example:
-            >>> ax = History([{"epoch": 1, "train_loss": 0.9}]).plot()  # doctest: +SKIP
+            >>> ax = History([{"epoch": 1, "train_loss": 0.9}]).plot()
+            >>> ax.get_yscale()
+            'log'
         """
-        from pdl.plot import plot_history
-
         return plot_history(self, **kwargs)
 
     def __repr__(self) -> str:
@@ -158,7 +159,7 @@ def train_one_epoch(
         >>> sorted(train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, device="cpu"))
         ['loss', 'skipped_steps']
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = _resolve_device(model, device)
     policy = policy or precision_policy(device, "fp32")
     if accumulate_steps < 1:
         raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
@@ -196,12 +197,8 @@ def train_one_epoch(
         else:
             scaled_loss.backward()
 
-        last_batch = n_batches is not None and step == n_batches
-        if step % accumulate_steps == 0 or last_batch:
-            skipped += _optimizer_step(model, optimizer, scaler, grad_clip)
-            optimizer.zero_grad(set_to_none=True)
-            if step_scheduler is not None:
-                step_scheduler.step()
+        if step % accumulate_steps == 0:
+            skipped += _optimizer_step(model, optimizer, scaler, grad_clip, step_scheduler)
 
         batch_size = len(targets)
         total_loss += loss_value * batch_size
@@ -213,10 +210,9 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{total_loss / total_samples:.4f}", refresh=False)
     bar.close()
 
-    if n_batches is None and step % accumulate_steps != 0:
-        # A loader without len(): flush the gradients of the last, incomplete group.
-        skipped += _optimizer_step(model, optimizer, scaler, grad_clip)
-        optimizer.zero_grad(set_to_none=True)
+    if step % accumulate_steps != 0:
+        # The last batches did not fill a group of accumulate_steps: step with what they added.
+        skipped += _optimizer_step(model, optimizer, scaler, grad_clip, step_scheduler)
     results = {"loss": total_loss / max(total_samples, 1)}
     if metrics is not None:
         results.update(_compute(metrics))
@@ -229,20 +225,27 @@ def _optimizer_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     grad_clip: float | None,
+    step_scheduler: Any | None = None,
 ) -> int:
-    """One optimizer step (with clipping and fp16 scaling); returns 1 if the scaler skipped it."""
+    """One optimizer step (with clipping and fp16 scaling), then zero the gradients and step a
+    per-step scheduler; returns 1 if the scaler skipped the step."""
+    skipped = 0
     if scaler is None:
         if grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        return 0
-    if grad_clip is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scale_before = scaler.get_scale()
-    scaler.step(optimizer)  # skipped internally if any gradient is inf/NaN
-    scaler.update()  # ... and then the scale shrinks
-    return int(scaler.get_scale() < scale_before)
+    else:
+        if grad_clip is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scale_before = scaler.get_scale()
+        scaler.step(optimizer)  # skipped internally if any gradient is inf/NaN
+        scaler.update()  # ... and then the scale shrinks
+        skipped = int(scaler.get_scale() < scale_before)
+    optimizer.zero_grad(set_to_none=True)
+    if step_scheduler is not None:
+        step_scheduler.step()
+    return skipped
 
 
 def evaluate(
@@ -266,7 +269,7 @@ def evaluate(
         >>> sorted(evaluate(model, loader, nn.CrossEntropyLoss(), device="cpu"))
         ['loss']
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = _resolve_device(model, device)
     policy = policy or precision_policy(device, "fp32")
     model.eval()
     if metrics is not None:
@@ -317,7 +320,7 @@ def predict(
         >>> out.shape, targets
         (torch.Size([5, 2]), None)
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = _resolve_device(model, device)
     if isinstance(data, torch.Tensor):
         data = data.split(batch_size)
     model.eval()
@@ -327,6 +330,8 @@ def predict(
             if isinstance(batch, (tuple, list)) and len(batch) == 2:
                 inputs, batch_targets = batch
                 targets.append(batch_targets.cpu())
+            elif isinstance(batch, (tuple, list)) and len(batch) == 1:
+                inputs = batch[0]  # DataLoader(TensorDataset(x)) yields one-element lists
             else:
                 inputs = batch
             outputs.append(model(to_device(inputs, device)).float().cpu())
@@ -401,7 +406,7 @@ def fit(
     """
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', not {scheduler_interval!r}")
-    device = get_device(device) if not isinstance(device, torch.device) else device
+    device = get_device(device)
     model.to(device)
     policy = precision_policy(device, precision)
     scaler = policy.make_scaler()
@@ -417,6 +422,13 @@ def fit(
     start_epoch = 1
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
+        if state["monitor"] != monitor:
+            # "best" holds a value of the checkpoint's monitor: comparing it with another
+            # quantity (an accuracy against a loss) would pick the wrong best.pt.
+            raise ValueError(
+                f"{resume} was written while monitoring {state['monitor']!r}, but this run monitors "
+                f"{monitor!r}. Resume with monitor={state['monitor']!r} (or start a new run)."
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
@@ -431,7 +443,7 @@ def fit(
             print(f"Resumed from {resume} after epoch {state['epoch']}.")
 
     writer = _tensorboard_writer(log_dir)
-    live = _live_plot() if live_plot else None
+    live = LivePlot() if live_plot else None
     epoch = start_epoch - 1
     try:
         for epoch in range(start_epoch, epochs + 1):
@@ -471,7 +483,7 @@ def fit(
             if writer is not None:
                 _log_scalars(writer, row)
             if live is not None:
-                live.update(row)
+                live.update(history)
             if progress:
                 tqdm.write(_summary_line(row, epochs))
             if checkpoint_dir is not None:
@@ -586,15 +598,18 @@ def check_outputs_and_targets(outputs: torch.Tensor, targets: torch.Tensor, loss
                 f"sample), but the targets are {tgt}."
             )
         n_classes = out[1]
-        low, high = int(targets.min()), int(targets.max())
+        # Targets equal to ignore_index (-100 by default, often 255 in segmentation) are skipped
+        # by the loss, so only the others must be valid class indices.
+        classes = targets[targets != loss_fn.ignore_index]
+        if classes.numel() == 0:
+            return
+        low, high = int(classes.min()), int(classes.max())
         if low < 0 or high >= n_classes:
-            ignore = getattr(loss_fn, "ignore_index", None)
-            if not (ignore is not None and low == ignore):
-                raise BatchShapeError(
-                    f"The targets contain class {high if high >= n_classes else low}, but the model "
-                    f"outputs {n_classes} scores per sample (classes 0..{n_classes - 1}). "
-                    "Does the last layer have as many outputs as there are classes?"
-                )
+            raise BatchShapeError(
+                f"The targets contain class {high if high >= n_classes else low}, but the model "
+                f"outputs {n_classes} scores per sample (classes 0..{n_classes - 1}). "
+                "Does the last layer have as many outputs as there are classes?"
+            )
 
 
 def _metric_copies(
@@ -612,7 +627,10 @@ def _compute(metrics: MetricCollection) -> dict[str, float]:
     return {name: value.item() for name, value in metrics.compute().items()}
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The device asked for, else the one the model's parameters are on."""
+    if device is not None:
+        return torch.device(device)
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
@@ -642,12 +660,6 @@ def _tensorboard_writer(log_dir: str | os.PathLike | None):
     from torch.utils.tensorboard import SummaryWriter  # imported only when logging is asked for
 
     return SummaryWriter(log_dir=str(log_dir))
-
-
-def _live_plot():
-    from pdl.plot import LivePlot  # matplotlib is imported only when a live plot is asked for
-
-    return LivePlot()
 
 
 def _log_scalars(writer, row: dict[str, float]) -> None:

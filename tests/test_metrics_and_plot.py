@@ -79,8 +79,34 @@ def test_confusion_matrix_plot_counts_and_normalized():
     plt.close("all")
 
 
-def test_live_plot_collects_outside_notebooks():
+def test_live_plot_draws_nothing_outside_notebooks():
     live = LivePlot()
-    live.update({"epoch": 1, "train_loss": 1.0})
-    live.update({"epoch": 2, "train_loss": 0.5})
-    assert live.columns == {"epoch": [1, 2], "train_loss": [1.0, 0.5]}
+    before = plt.get_fignums()
+    live.update({"epoch": [1], "train_loss": [1.0]})
+    assert plt.get_fignums() == before
+    assert live._display is None
+
+
+def test_live_plot_redraws_the_whole_history_in_one_display(monkeypatch):
+    import IPython
+    import IPython.display
+
+    shown = []
+
+    class Handle:
+        def update(self, fig):
+            shown.append(fig)
+
+    def display(fig, display_id):
+        assert display_id is True
+        shown.append(fig)
+        return Handle()
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())  # pretend to be a notebook
+    monkeypatch.setattr(IPython.display, "display", display)
+    live = LivePlot()
+    live.update({"epoch": [1], "train_loss": [1.0], "val_loss": [1.2]})
+    live.update({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.2, 0.8]})
+    assert len(shown) == 2
+    train, val = shown[-1].axes[0].get_lines()
+    assert list(train.get_xdata()) == [1, 2] and list(val.get_ydata()) == [1.2, 0.8]

@@ -173,6 +173,20 @@ def test_batches_must_be_pairs():
         train_one_epoch(model, [torch.randn(4, 5)], nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1))
 
 
+@pytest.mark.parametrize("ignore_index", [-100, 255])
+def test_targets_equal_to_ignore_index_are_not_classes(ignore_index):
+    model = nn.Linear(5, 3)
+    targets = torch.tensor([0, 1, ignore_index, 2] * 4)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=ignore_index)
+    loader = [(torch.randn(16, 5), targets)]
+    result = train_one_epoch(model, loader, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), device="cpu")
+    assert math.isfinite(result["loss"])
+    # ... but a real class beyond the outputs is still caught, ignored targets or not.
+    targets[0] = 7
+    with pytest.raises(BatchShapeError, match="targets contain class 7, but the model outputs 3 scores"):
+        train_one_epoch(model, [(torch.randn(16, 5), targets)], loss_fn, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
 # --------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------
@@ -188,6 +202,21 @@ def test_gradient_accumulation_matches_one_big_batch():
     train_one_epoch(small, tensor_loader(x, y, batch_size=16), loss_fn, torch.optim.SGD(small.parameters(), lr=0.5),
                     accumulate_steps=4)
     torch.testing.assert_close(parameters_of(big), parameters_of(small))
+
+
+@pytest.mark.parametrize("as_generator", [False, True])
+def test_accumulation_steps_the_scheduler_for_the_last_incomplete_group(as_generator):
+    # 5 batches, groups of 2: optimizer (and per-step scheduler) steps after batches 2, 4 and 5,
+    # whether or not the loader has a len().
+    model = nn.Linear(5, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    batches = [(torch.randn(4, 5), torch.randint(0, 2, (4,))) for _ in range(5)]
+    loader = (batch for batch in batches) if as_generator else batches
+    train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, accumulate_steps=2, step_scheduler=scheduler)
+    assert scheduler.last_epoch == 3
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1 / 4)
+    assert all(p.grad is None for p in model.parameters())  # nothing left over for the next epoch
 
 
 def test_gradient_clipping_limits_the_update():
@@ -246,6 +275,16 @@ def test_monitor_a_metric_to_maximize(tmp_path):
             optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=1, monitor="val_f2", progress=False)
 
 
+def test_resuming_with_another_monitor_is_refused(tmp_path):
+    model = nn.Linear(5, 2)
+    fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        epochs=1, checkpoint_dir=tmp_path, progress=False)  # monitors val_loss
+    with pytest.raises(ValueError, match="monitoring 'val_loss', but this run monitors 'val_accuracy'"):
+        fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=2, metrics=classification_metrics(2),
+            monitor="val_accuracy", resume=tmp_path / "last.pt", progress=False)
+
+
 def test_fp16_scaler_skips_overflowing_steps_without_failing():
     class ScaledLoss(nn.Module):
         """A loss 1e4 times larger: with fp16 autocast and the default scale, gradients overflow."""
@@ -286,6 +325,9 @@ def test_predict_with_and_without_targets():
     outputs, targets = predict(model, toy_data(n=40))
     assert outputs.shape == (40, 2) and targets.shape == (40,)
     outputs, targets = predict(model, torch.randn(7, 5), batch_size=3)
+    assert outputs.shape == (7, 2) and targets is None
+    inputs_only = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(7, 5)), batch_size=3)
+    outputs, targets = predict(model, inputs_only)  # batches are one-element lists [inputs]
     assert outputs.shape == (7, 2) and targets is None
     with pytest.raises(ValueError, match="empty"):
         predict(model, [])
