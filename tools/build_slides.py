@@ -141,11 +141,17 @@ def _without_code(text: str) -> str:
             fence = match.group(1)
             continue
         if fence is not None:
-            if line.strip().startswith(fence) and not line.strip()[len(fence):].strip():
+            if _closes(fence, line.strip()):
                 fence = None
             continue
         out.append(line)
     return "\n".join(out)
+
+
+def _closes(fence: str, stripped: str) -> bool:
+    """Whether a (stripped) line closes the code block opened with ``fence``: the same
+    backticks or tildes and nothing after them."""
+    return stripped.startswith(fence) and not stripped[len(fence):].strip()
 
 
 def parse_deck(path: str | Path) -> Deck:
@@ -194,7 +200,7 @@ def parse_deck(path: str | Path) -> Deck:
                 slides.append(Slide(len(slides) + 1, current_start, "\n".join(current)))
                 current, current_start = [], index + 2
                 continue
-        elif stripped.startswith(fence) and not stripped[len(fence):].strip():
+        elif _closes(fence, stripped):
             fence = None
             info = block["info"]
             code.append(CodeBlock(slide=len(slides) + 1, line=block["line"], lang=(info.split() or [""])[0],
@@ -387,12 +393,11 @@ def render(deck_md: Path, output: Path, *, pdf: bool, browser: str | None = None
     """
     command = [str(marp_executable()), str(deck_md), "--output", str(output), "--theme-set", str(THEME),
                "--no-stdin", "--no-config-file"]
-    env = dict(os.environ)
     if pdf:
         command += ["--pdf", "--allow-local-files", "--browser-path", browser or find_browser()]
     start = time.perf_counter()
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=deck_md.parent)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=deck_md.parent)
     except subprocess.TimeoutExpired as error:
         raise BuildError(f"Marp did not finish {output.name} within {timeout} s") from error
     seconds = time.perf_counter() - start

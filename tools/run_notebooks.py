@@ -55,7 +55,6 @@ class NotebookRun:
     failed_checks: list[str] = field(default_factory=list)
     passed_checks: list[str] = field(default_factory=list)
     error: str | None = None
-    output: str = ""
 
     @property
     def ok(self) -> bool:
