@@ -110,7 +110,7 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
     Example:
         >>> restore_rng_state(rng_state())
     """
-    random.setstate(_as_tuples(state["python"]))
+    random.setstate(state["python"])  # torch.save keeps the nested tuples setstate wants
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
@@ -119,10 +119,3 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
     if generator is not None and "generator" in state:
         generator.set_state(state["generator"])
 
-
-def _as_tuples(value: Any) -> Any:
-    # random.setstate wants tuples all the way down; a round trip through some serializers
-    # turns them into lists.
-    if isinstance(value, (list, tuple)):
-        return tuple(_as_tuples(v) for v in value)
-    return value
