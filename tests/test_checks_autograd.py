@@ -57,7 +57,7 @@ def test_two_layer_backward_transposed(capsys):
 
 def test_two_layer_backward_wrong_return_and_stub(capsys):
     assert check_two_layer_backward(lambda *a: backward(*a)[:2]) is False
-    assert "return a tuple (grad_w1, grad_b1, grad_w2, grad_b2); got a tuple of length 2" in last_line(capsys)
+    assert "return a tuple (grad_w1, grad_b1, grad_w2, grad_b2), got tuple of length 2" in last_line(capsys)
 
     def stub(x, y, w1, b1, w2, b2):
         raise NotImplementedError

@@ -27,47 +27,38 @@ def bn_forward(x, gamma, beta, eps=1e-5):
     return gamma.view(shape) * (x - mean) / torch.sqrt(var + eps) + beta.view(shape)
 
 
-def _failing(capsys, check, fn, *expected_fragments):
-    assert check(fn) is False
-    out = capsys.readouterr().out
-    assert out.startswith("\u274c"), out
-    for fragment in expected_fragments:
-        assert fragment in out, out
-    return out
-
-
 def test_forward_accepts_a_correct_solution(capsys):
     assert check_batchnorm_forward(bn_forward) is True
     assert capsys.readouterr().out.strip() == "\u2705 batch norm forward: correct"
 
 
-def test_forward_reports_the_stub(capsys):
+def test_forward_reports_the_stub(failing):
     def stub(x, gamma, beta, eps=1e-5):
         raise NotImplementedError
 
-    _failing(capsys, check_batchnorm_forward, stub, "not implemented yet")
+    failing(check_batchnorm_forward, stub, "not implemented yet")
 
 
-def test_forward_recognises_the_unbiased_variance(capsys):
+def test_forward_recognises_the_unbiased_variance(failing):
     def unbiased(x, gamma, beta, eps=1e-5):
         dims = [0, *range(2, x.ndim)]
         shape = [1, -1] + [1] * (x.ndim - 2)
         mean, var = x.mean(dims, keepdim=True), x.var(dims, keepdim=True)  # correction=1
         return gamma.view(shape) * (x - mean) / torch.sqrt(var + eps) + beta.view(shape)
 
-    _failing(capsys, check_batchnorm_forward, unbiased, "(16, 5)", "unbiased variance", "correction=0")
+    failing(check_batchnorm_forward, unbiased, "(16, 5)", "unbiased variance", "correction=0")
 
 
-def test_forward_recognises_layer_norm(capsys):
+def test_forward_recognises_layer_norm(failing):
     def over_features(x, gamma, beta, eps=1e-5):
         mean = x.mean(1, keepdim=True)
         var = x.var(1, keepdim=True, correction=0)
         return gamma * (x - mean) / torch.sqrt(var + eps) + beta
 
-    _failing(capsys, check_batchnorm_forward, over_features, "layer norm")
+    failing(check_batchnorm_forward, over_features, "layer norm")
 
 
-def test_forward_recognises_per_pixel_statistics_for_images(capsys):
+def test_forward_recognises_per_pixel_statistics_for_images(failing):
     def only_batch_dim(x, gamma, beta, eps=1e-5):
         shape = [1, -1] + [1] * (x.ndim - 2)
         mean = x.mean(0, keepdim=True)
@@ -75,22 +66,22 @@ def test_forward_recognises_per_pixel_statistics_for_images(capsys):
         return gamma.view(shape) * (x - mean) / torch.sqrt(var + eps) + beta.view(shape)
 
     # Right for (N, D), wrong for (N, C, H, W).
-    _failing(capsys, check_batchnorm_forward, only_batch_dim, "(8, 3, 5, 5)", "dims (0, 2, 3)")
+    failing(check_batchnorm_forward, only_batch_dim, "(8, 3, 5, 5)", "dims (0, 2, 3)")
 
 
-def test_forward_recognises_missing_gamma_beta_and_missing_eps(capsys):
+def test_forward_recognises_missing_gamma_beta_and_missing_eps(failing):
     def no_affine(x, gamma, beta, eps=1e-5):
         return bn_forward(x, torch.ones_like(gamma), torch.zeros_like(beta), eps)
 
-    _failing(capsys, check_batchnorm_forward, no_affine, "gamma and beta are not applied")
+    failing(check_batchnorm_forward, no_affine, "gamma and beta are not applied")
 
     def no_eps(x, gamma, beta, eps=1e-5):
         return bn_forward(x, gamma, beta, eps=0.0)
 
-    _failing(capsys, check_batchnorm_forward, no_eps, "eps is missing")
+    failing(check_batchnorm_forward, no_eps, "eps is missing")
 
 
-def test_forward_catches_detached_statistics_through_the_gradient(capsys):
+def test_forward_catches_detached_statistics_through_the_gradient(failing):
     def detached(x, gamma, beta, eps=1e-5):
         dims = [0, *range(2, x.ndim)]
         shape = [1, -1] + [1] * (x.ndim - 2)
@@ -98,14 +89,14 @@ def test_forward_catches_detached_statistics_through_the_gradient(capsys):
         var = x.var(dim=dims, keepdim=True, correction=0).detach()
         return gamma.view(shape) * (x - mean) / torch.sqrt(var + eps) + beta.view(shape)
 
-    _failing(capsys, check_batchnorm_forward, detached, "gradient with respect to x", "detached")
+    failing(check_batchnorm_forward, detached, "gradient with respect to x", "detached")
 
 
-def test_forward_catches_an_output_outside_autograd(capsys):
+def test_forward_catches_an_output_outside_autograd(failing):
     def numpy_way(x, gamma, beta, eps=1e-5):
         return torch.from_numpy(bn_forward(x.detach(), gamma.detach(), beta.detach(), eps).numpy())
 
-    _failing(capsys, check_batchnorm_forward, numpy_way, "not connected to autograd")
+    failing(check_batchnorm_forward, numpy_way, "not connected to autograd")
 
 
 # --------------------------------------------------------------------------------------
@@ -155,30 +146,30 @@ def test_module_accepts_a_correct_layer(capsys):
     assert capsys.readouterr().out.strip() == "\u2705 batch norm layer: correct"
 
 
-def test_module_wants_the_unbiased_running_variance(capsys):
-    _failing(capsys, check_batchnorm_module, _variant(unbiased=False), "after training batch 1", "unbiased", "n / (n - 1)")
+def test_module_wants_the_unbiased_running_variance(failing):
+    failing(check_batchnorm_module, _variant(unbiased=False), "after training batch 1", "unbiased", "n / (n - 1)")
 
 
-def test_module_wants_running_statistics_in_eval_mode(capsys):
-    _failing(capsys, check_batchnorm_module, _variant(eval_uses_running=False), "eval mode", "running_mean and running_var")
+def test_module_wants_running_statistics_in_eval_mode(failing):
+    failing(check_batchnorm_module, _variant(eval_uses_running=False), "eval mode", "running_mean and running_var")
 
 
-def test_module_explains_a_swapped_momentum(capsys):
-    _failing(capsys, check_batchnorm_module, _variant(swap_momentum=True), "(1 - momentum) * running + momentum * batch_mean")
+def test_module_explains_a_swapped_momentum(failing):
+    failing(check_batchnorm_module, _variant(swap_momentum=True), "(1 - momentum) * running + momentum * batch_mean")
 
 
-def test_module_notices_running_statistics_that_never_move(capsys):
-    _failing(capsys, check_batchnorm_module, _variant(update=False), "did not change")
+def test_module_notices_running_statistics_that_never_move(failing):
+    failing(check_batchnorm_module, _variant(update=False), "did not change")
 
 
-def test_module_needs_parameters(capsys):
+def test_module_needs_parameters(failing):
     class NoParameters(StudentBatchNorm):
         def __init__(self, num_features):
             super().__init__(num_features)
             del self.gamma
             self.gamma = torch.ones(num_features)  # a plain tensor: the optimizer never sees it
 
-    _failing(capsys, check_batchnorm_module, NoParameters, "gamma (weight) should be an nn.Parameter")
+    failing(check_batchnorm_module, NoParameters, "gamma (weight) should be an nn.Parameter")
 
 
 # --------------------------------------------------------------------------------------
@@ -201,7 +192,7 @@ def test_fold_accepts_a_correct_solution(capsys):
     assert capsys.readouterr().out.strip() == "\u2705 fold batch norm into the conv: correct"
 
 
-def test_fold_refuses_editing_the_original_conv(capsys):
+def test_fold_refuses_editing_the_original_conv(failing):
     def in_place(conv, bn):
         folded = student_fold(conv, bn)
         with torch.no_grad():
@@ -209,10 +200,10 @@ def test_fold_refuses_editing_the_original_conv(capsys):
             conv.bias.copy_(folded.bias)
         return conv
 
-    _failing(capsys, check_fold_batchnorm, in_place, "bias=True", "changed", "copy.deepcopy")
+    failing(check_fold_batchnorm, in_place, "bias=True", "changed", "copy.deepcopy")
 
 
-def test_fold_needs_a_bias_when_the_conv_had_none(capsys):
+def test_fold_needs_a_bias_when_the_conv_had_none(failing):
     def keeps_no_bias(conv, bn):
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         folded = copy.deepcopy(conv)
@@ -221,10 +212,10 @@ def test_fold_needs_a_bias_when_the_conv_had_none(capsys):
             folded.bias = nn.Parameter((conv.bias - bn.running_mean) * scale + bn.bias)
         return folded
 
-    _failing(capsys, check_fold_batchnorm, keeps_no_bias, "bias=False", "needs a bias")
+    failing(check_fold_batchnorm, keeps_no_bias, "bias=False", "needs a bias")
 
 
-def test_fold_points_at_a_wrong_weight_scale(capsys):
+def test_fold_points_at_a_wrong_weight_scale(failing):
     def forgets_gamma(conv, bn):
         scale = 1 / torch.sqrt(bn.running_var + bn.eps)
         folded = copy.deepcopy(conv)
@@ -232,8 +223,14 @@ def test_fold_points_at_a_wrong_weight_scale(capsys):
         folded.bias = nn.Parameter((conv.bias - bn.running_mean) * scale + bn.bias)
         return folded
 
-    _failing(capsys, check_fold_batchnorm, forgets_gamma, "the folded weight", "gamma / sqrt(running_var + eps)")
+    failing(check_fold_batchnorm, forgets_gamma, "the folded weight", "gamma / sqrt(running_var + eps)")
 
 
-def test_fold_wants_a_conv_back(capsys):
-    _failing(capsys, check_fold_batchnorm, lambda conv, bn: nn.Sequential(conv, bn), "return an nn.Conv2d")
+def test_fold_wants_a_conv_back(failing):
+    failing(check_fold_batchnorm, lambda conv, bn: nn.Sequential(conv, bn), "return an nn.Conv2d")
+
+
+def test_the_checks_leave_the_global_random_state_alone(leaves_global_rng_alone):
+    leaves_global_rng_alone(check_fold_batchnorm, student_fold)  # it builds an nn.Conv2d
+    leaves_global_rng_alone(check_batchnorm_forward, bn_forward)
+    leaves_global_rng_alone(check_batchnorm_module, StudentBatchNorm)

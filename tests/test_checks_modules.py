@@ -33,6 +33,10 @@ def test_product_block_correct(capsys):
     assert last_line(capsys) == "✅ ProductBlock: correct"
 
 
+def test_product_block_leaves_global_rng_alone(leaves_global_rng_alone):
+    leaves_global_rng_alone(check_product_block, ProductBlock)  # its nn.Linear layers draw random weights
+
+
 def test_product_block_adds_instead_of_multiplying(capsys):
     class Sum(ProductBlock):
         def forward(self, x):
@@ -40,6 +44,16 @@ def test_product_block_adds_instead_of_multiplying(capsys):
 
     assert check_product_block(Sum) is False
     assert "added; multiply them" in last_line(capsys)
+
+
+def test_product_block_reports_a_float64_output(capsys):
+    # Recognising "added instead of multiplied" used to raise on a dtype other than float32.
+    class Double(ProductBlock):
+        def forward(self, x):
+            return (self.left(x) * self.right(x)).double()
+
+    assert check_product_block(Double) is False
+    assert "output has dtype torch.float64, expected torch.float32" in last_line(capsys)
 
 
 def test_product_block_forgets_super_init(capsys):

@@ -118,6 +118,18 @@ def test_softmax_ce_grad(capsys):
     assert result is False and "the gradient is wrong at index" in out
 
 
+def test_softmax_ce_grad_reports_answers_that_are_not_arrays_of_numbers(capsys):
+    # Returning (loss, grad) used to crash the check while it looked for a hint.
+    def loss_and_grad(logits, labels):
+        return 0.5, softmax_ce_grad(logits, labels)
+
+    result, out = run(capsys, checks.check_softmax_ce_grad, loss_and_grad)
+    assert result is False and "the gradient should be a NumPy array, got tuple" in out
+
+    result, out = run(capsys, checks.check_softmax_ce_grad, lambda logits, labels: np.full(logits.shape, None))
+    assert result is False and "the gradient should be an array of numbers, got dtype object" in out
+
+
 # --- lecture 01 -----------------------------------------------------------------------
 
 
@@ -215,6 +227,12 @@ def test_accuracy_from_logits(capsys):
     assert result is False and "your code raised RuntimeError" in out and ".float() first" in out
 
 
+def test_accuracy_from_logits_refuses_a_bool(capsys):
+    # True is not the number 1 here: a comparison returned where a fraction belongs.
+    result, out = run(capsys, checks.check_accuracy_from_logits, lambda z, y: True)
+    assert result is False and "expected a number, got bool" in out
+
+
 def test_linear_matmul(capsys):
     assert run(capsys, checks.check_linear_matmul, lambda x, w, b: x @ w.T + b) == (
         True,
@@ -271,6 +289,12 @@ def test_shares_memory(capsys):
 
     result, out = run(capsys, checks.check_shares_memory, lambda t: t)
     assert result is False and "should be a NumPy array, got Tensor" in out
+
+
+def test_shares_memory_reports_a_reversed_view(capsys):
+    # A view with negative strides: torch.from_numpy refuses it, the check must not crash.
+    result, out = run(capsys, checks.check_shares_memory, lambda t: t.numpy()[::-1])
+    assert result is False and "the array is wrong at index (0, 0)" in out
 
 
 def test_zeros_like_device(capsys):

@@ -9,16 +9,6 @@ from torch import nn
 
 from pdl.checks.training_tricks import check_kaiming_init, check_sgd_momentum, check_standardize
 
-
-def _failing(capsys, check, fn, *expected_fragments):
-    assert check(fn) is False
-    out = capsys.readouterr().out
-    assert out.startswith("\u274c"), out
-    for fragment in expected_fragments:
-        assert fragment in out, out
-    return out
-
-
 # --------------------------------------------------------------------------------------
 # check_standardize
 # --------------------------------------------------------------------------------------
@@ -35,14 +25,14 @@ def test_standardize_accepts_a_correct_solution(capsys):
     assert capsys.readouterr().out.strip() == "\u2705 standardize per channel: correct"
 
 
-def test_standardize_wants_training_statistics_for_the_test_set(capsys):
+def test_standardize_wants_training_statistics_for_the_test_set(failing):
     def own_statistics(train, test):
         return standardize(train, train)[0], standardize(test, test)[0]
 
-    _failing(capsys, check_standardize, own_statistics, "test images", "their own statistics")
+    failing(check_standardize, own_statistics, "test images", "their own statistics")
 
 
-def test_standardize_wants_one_statistic_per_channel(capsys):
+def test_standardize_wants_one_statistic_per_channel(failing):
     def global_statistics(train, test):
         mean, std = train.mean(), train.std()
         return (train - mean) / std, (test - mean) / std
@@ -51,12 +41,12 @@ def test_standardize_wants_one_statistic_per_channel(capsys):
         mean, std = train.mean(0), train.std(0)
         return (train - mean) / std, (test - mean) / std
 
-    _failing(capsys, check_standardize, global_statistics, "all channels together", "(0, 2, 3)")
-    _failing(capsys, check_standardize, per_pixel, "for every pixel")
+    failing(check_standardize, global_statistics, "all channels together", "(0, 2, 3)")
+    failing(check_standardize, per_pixel, "for every pixel")
 
 
-def test_standardize_wants_two_tensors(capsys):
-    _failing(capsys, check_standardize, lambda train, test: standardize(train, test)[0], "return two tensors")
+def test_standardize_wants_two_tensors(failing):
+    failing(check_standardize, lambda train, test: standardize(train, test)[0], "return a tuple (train_standardized, test_standardized), got Tensor")
 
 
 # --------------------------------------------------------------------------------------
@@ -81,7 +71,7 @@ def test_kaiming_accepts_normal_and_uniform(capsys):
     assert capsys.readouterr().out.count("\u2705 Kaiming initialization: correct") == 2
 
 
-def test_kaiming_recognises_xavier_and_fan_out(capsys):
+def test_kaiming_recognises_xavier_and_fan_out(failing):
     def xavier(layer):
         nn.init.xavier_normal_(layer.weight)
         nn.init.zeros_(layer.bias)
@@ -96,12 +86,12 @@ def test_kaiming_recognises_xavier_and_fan_out(capsys):
             layer.weight.normal_(0.0, math.sqrt(2 / layer.out_features))
             layer.bias.zero_()
 
-    _failing(capsys, check_kaiming_init, xavier, "Xavier (Glorot)", "sqrt(2 / fan_in)")
-    _failing(capsys, check_kaiming_init, lecun, "ReLU zeroes half")
-    _failing(capsys, check_kaiming_init, fan_out, "layer.in_features")
+    failing(check_kaiming_init, xavier, "Xavier (Glorot)", "sqrt(2 / fan_in)")
+    failing(check_kaiming_init, lecun, "ReLU zeroes half")
+    failing(check_kaiming_init, fan_out, "layer.in_features")
 
 
-def test_kaiming_wants_in_place_changes_and_a_zero_bias(capsys):
+def test_kaiming_wants_in_place_changes_and_a_zero_bias(failing):
     def replaces_with_a_tensor(layer):
         layer.weight = torch.randn(layer.out_features, layer.in_features) * math.sqrt(2 / layer.in_features)
 
@@ -112,9 +102,9 @@ def test_kaiming_wants_in_place_changes_and_a_zero_bias(capsys):
         nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
 
     # Assigning a plain tensor to a Parameter's name is refused by nn.Module: the check reports it.
-    _failing(capsys, check_kaiming_init, replaces_with_a_tensor, "your code raised TypeError")
-    _failing(capsys, check_kaiming_init, does_nothing, "did not change")
-    _failing(capsys, check_kaiming_init, keeps_bias, "bias to zero")
+    failing(check_kaiming_init, replaces_with_a_tensor, "your code raised TypeError")
+    failing(check_kaiming_init, does_nothing, "did not change")
+    failing(check_kaiming_init, keeps_bias, "bias to zero")
 
 
 # --------------------------------------------------------------------------------------
@@ -142,7 +132,7 @@ def test_momentum_accepts_pytorch_and_textbook_forms(capsys):
     assert capsys.readouterr().out.count("\u2705 SGD with momentum: correct") == 3
 
 
-def test_momentum_explains_typical_mistakes(capsys):
+def test_momentum_explains_typical_mistakes(failing):
     def plain_sgd(param, grad, velocity, lr, momentum):
         return param - lr * grad, velocity
 
@@ -157,15 +147,37 @@ def test_momentum_explains_typical_mistakes(capsys):
         velocity = momentum * velocity + grad
         return param + lr * velocity, velocity
 
-    _failing(capsys, check_sgd_momentum, plain_sgd, "step 2", "not carried over")
-    _failing(capsys, check_sgd_momentum, dampened, "step 1", "without a (1 - momentum) factor")
-    _failing(capsys, check_sgd_momentum, old_velocity, "step 1", "uses the old velocity")
-    _failing(capsys, check_sgd_momentum, uphill, "downhill")
+    failing(check_sgd_momentum, plain_sgd, "step 2", "not carried over")
+    failing(check_sgd_momentum, dampened, "step 1", "without a (1 - momentum) factor")
+    failing(check_sgd_momentum, old_velocity, "step 1", "uses the old velocity")
+    failing(check_sgd_momentum, uphill, "downhill")
 
 
-def test_momentum_reports_the_stub_and_a_wrong_return(capsys):
+def test_momentum_reports_the_stub_and_a_wrong_return(failing):
     def stub(param, grad, velocity, lr, momentum):
         raise NotImplementedError
 
-    _failing(capsys, check_sgd_momentum, stub, "not implemented yet")
-    _failing(capsys, check_sgd_momentum, lambda p, g, v, lr, m: p - lr * g, "return (new_param, new_velocity)")
+    failing(check_sgd_momentum, stub, "not implemented yet")
+    failing(check_sgd_momentum, lambda p, g, v, lr, m: p - lr * g, "return a tuple (new_param, new_velocity), got Tensor")
+
+
+# --------------------------------------------------------------------------------------
+# All three
+# --------------------------------------------------------------------------------------
+
+
+def test_the_checks_leave_the_global_random_state_alone(leaves_global_rng_alone):
+    # check_kaiming_init seeds the global generator for the student's code: inside fork_rng.
+    leaves_global_rng_alone(check_kaiming_init, kaiming)
+    leaves_global_rng_alone(check_standardize, standardize)
+    leaves_global_rng_alone(check_sgd_momentum, momentum_step)
+
+
+def test_standardize_hints_for_float64_answers(failing):
+    # A float64 answer over the wrong dims gets the hint (torch.allclose used to raise on the dtypes).
+    def global_statistics_in_float64(train, test):
+        train, test = train.double(), test.double()
+        mean, std = train.mean(), train.std()
+        return (train - mean) / std, (test - mean) / std
+
+    failing(check_standardize, global_statistics_in_float64, "all channels together")

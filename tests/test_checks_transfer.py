@@ -22,6 +22,10 @@ def test_freeze_accepts_a_hand_written_solution_and_pdl_transfer(capsys):
     assert capsys.readouterr().out.count("✅ freeze all but the head: correct") == 2
 
 
+def test_the_checks_leave_the_global_random_state_alone(leaves_global_rng_alone):
+    leaves_global_rng_alone(check_freeze_all_but_head, freeze_by_hand)  # it builds randomly initialised models
+
+
 def test_freeze_reports_the_stub(capsys):
     def stub(model):
         raise NotImplementedError

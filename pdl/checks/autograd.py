@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pdl.checks.core import call_safely, compare_tensors, report
+from pdl.checks.core import call_safely, close, compare_tensors, report, unpack
 
 __all__ = ["check_sigmoid_function", "check_training_loop", "check_two_layer_backward"]
 
@@ -23,13 +23,7 @@ __all__ = ["check_sigmoid_function", "check_training_loop", "check_two_layer_bac
 # --------------------------------------------------------------------------------------
 
 
-def _close(got: Any, expected: torch.Tensor, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
-    """True when ``got`` is a tensor of ``expected``'s shape and (nearly) its values."""
-    return (
-        isinstance(got, torch.Tensor)
-        and got.shape == expected.shape
-        and bool(torch.allclose(got.detach().double(), expected.detach().double(), atol=atol, rtol=rtol))
-    )
+_GRAD_TOL = {"atol": 1e-4, "rtol": 1e-4}  # float32 gradients by different but correct formulas
 
 
 def _changed_inputs(names: Sequence[str], before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> str | None:
@@ -92,16 +86,16 @@ def _diagnose_gradient(name: str, got: Any, expected: torch.Tensor, no_mask: tor
                 f"{name} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}: the bias is "
                 "added to every sample, so its gradient sums over the batch (.sum(dim=0))"
             )
-    if _close(got, expected / 2):
+    if close(got, expected / 2, **_GRAD_TOL):
         return f"{name} is half the expected value: the derivative of (y_pred - y)**2 is 2 * (y_pred - y)"
-    if _close(got, -expected):
+    if close(got, -expected, **_GRAD_TOL):
         return f"{name} has the wrong sign: the derivative of (y_pred - y)**2 is 2 * (y_pred - y), not 2 * (y - y_pred)"
-    if no_mask is not None and _close(got, no_mask):
+    if no_mask is not None and close(got, no_mask, **_GRAD_TOL):
         return (
             f"{name} ignores the ReLU: its gradient is 0 where the pre-activation h = x @ w1 + b1 "
             "was negative (grad_h[h < 0] = 0)"
         )
-    return compare_tensors(got, expected, name=name, atol=1e-4, rtol=1e-4) or f"{name} is wrong"
+    return compare_tensors(got, expected, name=name, **_GRAD_TOL) or f"{name} is wrong"
 
 
 def check_two_layer_backward(backward_fn: Callable) -> bool:
@@ -130,18 +124,18 @@ def check_two_layer_backward(backward_fn: Callable) -> bool:
         result, error = call_safely(backward_fn, *inputs.values())  # positional: any names work
         if error:
             return report(title, error)
-        if not isinstance(result, (tuple, list)) or len(result) != 4:
-            what = f"a {type(result).__name__}" + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "")
-            return report(title, f"return a tuple (grad_w1, grad_b1, grad_w2, grad_b2); got {what}")
+        grads, error = unpack(result, _GRAD_NAMES)
+        if error:
+            return report(title, error)
         changed = _changed_inputs(list(inputs), originals, list(inputs.values()))
         if changed:
             return report(title, changed)
         expected = _two_layer_autograd(inputs)
         no_mask = _two_layer_without_relu_mask(inputs) + [None, None]
-        for name, got, want, wrong in zip(_GRAD_NAMES, result, expected, no_mask, strict=True):
+        for name, got, want, wrong in zip(_GRAD_NAMES, grads, expected, no_mask, strict=True):
             if not isinstance(got, torch.Tensor):
                 return report(title, f"{name} should be a torch.Tensor, got {type(got).__name__}")
-            if not _close(got, want):
+            if not close(got, want, **_GRAD_TOL):
                 return report(title, _diagnose_gradient(name, got, want, wrong))
     return report(title, None)
 
@@ -207,7 +201,7 @@ def check_sigmoid_function(function_class: Any) -> bool:
         )
     expected = grad_output * s * (1 - s)
     got = grads[0]
-    if _close(got, s * (1 - s), atol=1e-10, rtol=1e-8):
+    if close(got, s * (1 - s), atol=1e-10, rtol=1e-8):
         return report(
             title,
             "backward returns the local derivative s * (1 - s) only; the chain rule multiplies "
@@ -308,7 +302,7 @@ def check_training_loop(train_fn: Callable) -> bool:
             "torch.no_grad() (`w1 = w1 - ...` only rebinds a local name), and zero the gradients "
             "after the update, not between backward() and the update",
         )
-    if _close(w1, piled_up["w1"], atol=1e-9, rtol=1e-9) and _close(w2, piled_up["w2"], atol=1e-9, rtol=1e-9):
+    if close(w1, piled_up["w1"], atol=1e-9, rtol=1e-9) and close(w2, piled_up["w2"], atol=1e-9, rtol=1e-9):
         return report(
             title,
             "the gradients pile up: backward() adds to .grad, so every step also applies all the "

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pdl.batchnorm import BatchNorm, batch_norm, batch_norm_statistics, fold_batchnorm
-from pdl.checks.core import call_safely, compare_tensors, report
+from pdl.batchnorm import BatchNorm, _per_channel, batch_norm, batch_norm_statistics, fold_batchnorm
+from pdl.checks.core import call_safely, close, compare_tensors, report
 
 __all__ = ["check_batchnorm_forward", "check_batchnorm_module", "check_fold_batchnorm"]
 
@@ -41,6 +41,10 @@ def _closest_mistake(got: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, be
     """Recognise the classic batch-norm mistakes by recomputing them."""
     mean, var = batch_norm_statistics(x)
     n = x.numel() // x.shape[1]
+
+    def c(values: torch.Tensor) -> torch.Tensor:  # (C,) -> (1, C, 1, ...), to broadcast against x
+        return _per_channel(values, x)
+
     candidates = {
         "you divided by the unbiased variance (torch.var's default divides by n - 1); "
         "normalization uses the biased one: x.var(..., correction=0) or ((x - mean) ** 2).mean(...)":
@@ -48,8 +52,7 @@ def _closest_mistake(got: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, be
         "eps is missing: divide by sqrt(var + eps), so a (nearly) constant channel stays finite":
             batch_norm(x, gamma, beta, 0.0, mean, var),
         "eps belongs inside the square root: (x - mean) / sqrt(var + eps)":
-            gamma.reshape(1, -1, *[1] * (x.ndim - 2)) * (x - mean.reshape(1, -1, *[1] * (x.ndim - 2)))
-            / (var.sqrt().reshape(1, -1, *[1] * (x.ndim - 2)) + eps) + beta.reshape(1, -1, *[1] * (x.ndim - 2)),
+            c(gamma) * (x - c(mean)) / (c(var).sqrt() + eps) + c(beta),
         "gamma and beta are not applied: return gamma * x_hat + beta":
             batch_norm(x, None, None, eps, mean, var),
         "you normalized each sample over its features (that is layer norm); batch norm takes one "
@@ -63,7 +66,7 @@ def _closest_mistake(got: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, be
         ] = _normalize_over(x, [0], gamma, beta, eps)
         candidates["reduce over dims (0, 2, 3): one statistic per channel"] = _normalize_over(x, [0, 1], gamma, beta, eps)
     for hint, wrong in candidates.items():
-        if got.shape == wrong.shape and torch.allclose(got.detach().float(), wrong, **OUTPUT_TOL):
+        if close(got, wrong, **OUTPUT_TOL):
             return hint
     return None
 
@@ -71,8 +74,7 @@ def _closest_mistake(got: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, be
 def _normalize_over(x: torch.Tensor, dims: list[int], gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
     mean = x.mean(dim=dims, keepdim=True)
     var = x.var(dim=dims, keepdim=True, correction=0)
-    broadcast = (1, -1, *[1] * (x.ndim - 2))
-    return gamma.reshape(broadcast) * (x - mean) / torch.sqrt(var + eps) + beta.reshape(broadcast)
+    return _per_channel(gamma, x) * (x - mean) / torch.sqrt(var + eps) + _per_channel(beta, x)
 
 
 def check_batchnorm_forward(fn: Callable, *, seed: int = 0) -> bool:
@@ -271,22 +273,23 @@ def _compare_running(layer, reference, previous, x, batch: int) -> str | None:
     when = f"after training batch {batch}"
     if torch.equal(running_mean, previous[0]) and torch.equal(running_var, previous[1]):
         return f"{when}: running_mean and running_var did not change; update them in training mode"
+    mean_problem = compare_tensors(running_mean, reference.running_mean, name=f"{when}: running_mean", **OUTPUT_TOL)
+    var_problem = compare_tensors(running_var, reference.running_var, name=f"{when}: running_var", **OUTPUT_TOL)
+    if mean_problem is None and var_problem is None:
+        return None
+    # Something is wrong: replay the known mistakes with this batch's statistics.
     mean, var = batch_norm_statistics(x)
-    n = x.numel() // x.shape[1]
-    momentum = 0.1
-    problem = compare_tensors(running_mean, reference.running_mean, name=f"{when}: running_mean", **OUTPUT_TOL)
-    if problem:
-        if torch.allclose(running_mean, momentum * previous[0] + (1 - momentum) * mean, **OUTPUT_TOL):
+    momentum = reference.momentum
+    if mean_problem:
+        if close(running_mean, momentum * previous[0] + (1 - momentum) * mean, **OUTPUT_TOL):
             return (f"{when}: running_mean weights the batch with 1 - momentum; PyTorch's rule is "
-                    "running = (1 - momentum) * running + momentum * batch_mean, with momentum = 0.1")
-        return problem
-    problem = compare_tensors(running_var, reference.running_var, name=f"{when}: running_var", **OUTPUT_TOL)
-    if problem:
-        if torch.allclose(running_var, (1 - momentum) * previous[1] + momentum * var, **OUTPUT_TOL):
-            return (f"{when}: running_var should track the *unbiased* batch variance, "
-                    f"var * n / (n - 1) with n = {n} values per channel (PyTorch does so)")
-        return problem
-    return None
+                    f"running = (1 - momentum) * running + momentum * batch_mean, with momentum = {momentum}")
+        return mean_problem
+    if close(running_var, (1 - momentum) * previous[1] + momentum * var, **OUTPUT_TOL):
+        n = x.numel() // x.shape[1]
+        return (f"{when}: running_var should track the *unbiased* batch variance, "
+                f"var * n / (n - 1) with n = {n} values per channel (PyTorch does so)")
+    return var_problem
 
 
 # --------------------------------------------------------------------------------------
@@ -315,7 +318,8 @@ def check_fold_batchnorm(fn: Callable, *, seed: int = 0) -> bool:
 
 
 def _check_fold_once(fn: Callable, bias: bool, generator: torch.Generator) -> str | None:
-    conv = nn.Conv2d(3, 6, 3, padding=1, stride=1, bias=bias)
+    with torch.random.fork_rng():  # its random initial weights are overwritten: leave the notebook's generator alone
+        conv = nn.Conv2d(3, 6, 3, padding=1, stride=1, bias=bias)
     bn = nn.BatchNorm2d(6)
     with torch.no_grad():
         conv.weight.normal_(0, 0.3, generator=generator)

@@ -58,7 +58,6 @@ def compare_tensors(
     name: str = "result",
     atol: float = 1e-6,
     rtol: float = 1e-5,
-    check_dtype: bool = True,
 ) -> str | None:
     """Describe the first way ``got`` differs from ``expected`` (type, shape, dtype, values), or None.
 
@@ -72,9 +71,9 @@ def compare_tensors(
         return f"{name} should be a torch.Tensor, got {type(got).__name__}"
     if got.shape != expected.shape:
         return f"{name} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    if check_dtype and got.dtype != expected.dtype:
+    if got.dtype != expected.dtype:
         return f"{name} has dtype {got.dtype}, expected {expected.dtype}"
-    got_cmp = got.detach().cpu().to(expected.dtype) if not check_dtype else got.detach().cpu()
+    got_cmp = got.detach().cpu()
     expected = expected.detach().cpu()
     if expected.is_floating_point() or expected.is_complex():
         close = torch.isclose(got_cmp, expected, atol=atol, rtol=rtol, equal_nan=True)
@@ -88,3 +87,57 @@ def compare_tensors(
         f"{name} is wrong at index {index}: got {got_cmp[index].item():.6g}, "
         f"expected {expected[index].item():.6g} (max abs difference {difference:.3g})"
     )
+
+
+def close(got: Any, expected: torch.Tensor, *, atol: float = 1e-6, rtol: float = 1e-5) -> bool:
+    """True when ``got`` is a tensor of ``expected``'s shape and (nearly) its values, whatever its dtype.
+
+    A yes/no test for recognising a known mistake; ``compare_tensors`` says what differs.
+
+    Example:
+        >>> close(torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 2.0]))
+        True
+        >>> close(torch.tensor([1.0, 2.0]), torch.tensor([[1.0, 2.0]])), close([1.0, 2.0], torch.tensor([1.0, 2.0]))
+        (False, False)
+    """
+    return (
+        isinstance(got, torch.Tensor)
+        and got.shape == expected.shape
+        and bool(torch.allclose(got.detach().cpu().double(), expected.detach().cpu().double(), atol=atol, rtol=rtol))
+    )
+
+
+def unpack(result: Any, names: tuple[str, ...]) -> tuple[tuple | None, str | None]:
+    """Check that the student returned ``len(names)`` values; return ``(values, None)`` or ``(None, problem)``.
+
+    Example:
+        >>> unpack([1, 2], ("a", "b"))
+        ((1, 2), None)
+        >>> unpack((1, 2), ("a", "b", "c"))
+        (None, 'return a tuple (a, b, c), got tuple of length 2')
+    """
+    if not isinstance(result, (tuple, list)) or len(result) != len(names):
+        what = type(result).__name__
+        if isinstance(result, (tuple, list)):
+            what += f" of length {len(result)}"
+        return None, f"return a tuple ({', '.join(names)}), got {what}"
+    return tuple(result), None
+
+
+def as_number(value: Any) -> float | None:
+    """A Python float from an int, a float or a one-element tensor; None for anything else.
+
+    ``True`` is refused: a boolean where a number belongs is a mistake worth reporting
+    (Python would quietly treat it as 1).
+
+    Example:
+        >>> as_number(torch.tensor([0.5])), as_number(3)
+        (0.5, 3.0)
+        >>> as_number(True), as_number(torch.zeros(2)), as_number("0.5")
+        (None, None, None)
+    """
+    if isinstance(value, torch.Tensor):
+        return float(value.detach()) if value.numel() == 1 else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None

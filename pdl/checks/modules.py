@@ -15,18 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdl.checks.core import call_safely, compare_tensors, report
+from pdl.checks.core import as_number, call_safely, close, compare_tensors, report
 
 __all__ = ["check_accuracy", "check_cross_entropy", "check_product_block", "check_train_step"]
-
-
-def _as_number(value: Any) -> float | None:
-    """A Python float from a number or a one-element tensor; None for anything else."""
-    if isinstance(value, torch.Tensor):
-        return float(value.detach()) if value.numel() == 1 else None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
 
 
 def _near(a: float, b: float, tol: float = 1e-5) -> bool:
@@ -60,7 +51,8 @@ def check_product_block(block_class: Any) -> bool:
     """
     title = "ProductBlock"
     d_in, d_out, n = 7, 4, 5
-    block, error = call_safely(block_class, d_in, d_out)
+    with torch.random.fork_rng():  # nn.Linear draws its initial weights from the notebook's generator
+        block, error = call_safely(block_class, d_in, d_out)
     if error:
         if "before Module.__init__() call" in error:
             error += " (call super().__init__() first thing in your __init__)"
@@ -93,7 +85,7 @@ def check_product_block(block_class: Any) -> bool:
         return report(title, f"forward: {error}")
     with torch.no_grad():
         a, b = linears[0](x), linears[1](x)
-    if isinstance(out, torch.Tensor) and out.shape == a.shape and torch.allclose(out.detach(), a + b, atol=1e-5):
+    if close(out, a + b, atol=1e-5, rtol=1e-5):
         return report(title, "the outputs of the two layers were added; multiply them element-wise (a * b)")
     problem = compare_tensors(out, a * b, name="output", atol=1e-5, rtol=1e-4)
     return report(title, problem)
@@ -178,18 +170,6 @@ def _step_setup() -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor, torch
     return model, torch.optim.SGD(model.parameters(), lr=0.5), inputs, targets
 
 
-def _reference_step(model, optimizer, inputs, targets, *, train_mode=True, zero_grad=True, step=True) -> float:
-    loss_fn = nn.CrossEntropyLoss()
-    model.train(train_mode)
-    loss = loss_fn(model(inputs), targets)
-    if zero_grad:
-        optimizer.zero_grad()
-    loss.backward()
-    if step:
-        optimizer.step()
-    return loss.item()
-
-
 def _parameters(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
@@ -197,15 +177,27 @@ def _parameters(model: nn.Module) -> torch.Tensor:
 _STEP_SEED = 9  # the dropout mask: the same for your step and the reference
 
 
-def _run_step(fn: Callable, **variant: bool) -> tuple[torch.Tensor, Any, str | None]:
+def _student_step(train_step: Callable) -> tuple[torch.Tensor, Any, str | None]:
+    """Run the student's step from the usual state: (parameters after it, its result, its error)."""
     model, optimizer, inputs, targets = _step_setup()
     with torch.random.fork_rng():
         torch.manual_seed(_STEP_SEED)
-        if variant.pop("student", False):
-            result, error = call_safely(fn, model, inputs, targets, nn.CrossEntropyLoss(), optimizer)
-        else:
-            result, error = _reference_step(model, optimizer, inputs, targets, **variant), None
+        result, error = call_safely(train_step, model, inputs, targets, nn.CrossEntropyLoss(), optimizer)
     return _parameters(model), result, error
+
+
+def _reference_step(*, train_mode: bool = True, zero_grad: bool = True) -> tuple[torch.Tensor, float]:
+    """A step from the same state, right or with a known mistake: (parameters after it, loss)."""
+    model, optimizer, inputs, targets = _step_setup()
+    with torch.random.fork_rng():
+        torch.manual_seed(_STEP_SEED)
+        model.train(train_mode)
+        loss = nn.CrossEntropyLoss()(model(inputs), targets)
+        if zero_grad:
+            optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return _parameters(model), loss.item()
 
 
 def check_train_step(train_step: Callable) -> bool:
@@ -230,22 +222,22 @@ def check_train_step(train_step: Callable) -> bool:
         True
     """
     title = "train_step"
-    got, result, error = _run_step(train_step, student=True)
+    got, result, error = _student_step(train_step)
     if error:
         return report(title, error)
-    expected, expected_loss, _ = _run_step(train_step)
+    expected, expected_loss = _reference_step()
     if not torch.allclose(got, expected, atol=1e-6, rtol=1e-5):
         start = _parameters(_step_setup()[0])
         hints = [
             (torch.equal(got, start), "the parameters did not change: call optimizer.step() after "
              "loss.backward() (and zero the gradients before backward(), not between backward() and step())"),
-            (torch.allclose(got, _run_step(train_step, zero_grad=False)[0], atol=1e-6, rtol=1e-5),
+            (torch.allclose(got, _reference_step(zero_grad=False)[0], atol=1e-6, rtol=1e-5),
              "the old gradients were added to the new ones: call optimizer.zero_grad() before "
              "loss.backward(), so a step never depends on what happened before it"),
-            (torch.allclose(got, _run_step(train_step, train_mode=False)[0], atol=1e-6, rtol=1e-5),
+            (torch.allclose(got, _reference_step(train_mode=False)[0], atol=1e-6, rtol=1e-5),
              "the model trained in eval mode (dropout was off): call model.train() at the start, "
              "the model may come straight from an evaluation"),
-            (torch.allclose(got, _run_step(train_step, train_mode=False, zero_grad=False)[0], atol=1e-6, rtol=1e-5),
+            (torch.allclose(got, _reference_step(train_mode=False, zero_grad=False)[0], atol=1e-6, rtol=1e-5),
              "two mistakes: the model stayed in eval mode (call model.train()) and the old gradients "
              "were not zeroed (call optimizer.zero_grad() before loss.backward())"),
         ]
@@ -255,7 +247,7 @@ def check_train_step(train_step: Callable) -> bool:
         return report(title, compare_tensors(got, expected, name="parameters after the step", atol=1e-6, rtol=1e-5))
     if isinstance(result, torch.Tensor):
         return report(title, "return loss.item(), a Python float: the loss tensor keeps its whole graph alive")
-    value = _as_number(result)
+    value = as_number(result)
     if value is None:
         return report(title, f"return the loss as a float (loss.item()), got {type(result).__name__}")
     if not _near(value, expected_loss):
@@ -294,7 +286,7 @@ def check_accuracy(accuracy_fn: Callable) -> bool:
         if "must match the size" in error or "size of tensor" in error:
             error += " (take the argmax over the class dimension: logits.argmax(dim=1))"
         return report(title, error)
-    value = _as_number(result)
+    value = as_number(result)
     if value is None:
         shape = f" of shape {tuple(result.shape)}" if isinstance(result, torch.Tensor) else ""
         return report(title, f"return one number, got {type(result).__name__}{shape}")

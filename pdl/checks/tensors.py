@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pdl.checks.core import call_safely, compare_tensors, report
+from pdl.checks.core import as_number, call_safely, compare_tensors, report, unpack
 
 __all__ = [
     "check_accuracy_from_logits",
@@ -57,23 +57,16 @@ def _compare_arrays(got: Any, expected: np.ndarray, name: str, atol: float = 1e-
     """Like ``compare_tensors``, for NumPy answers: type first, then shape, then values."""
     if not isinstance(got, np.ndarray):
         return f"{name} should be a NumPy array, got {type(got).__name__}"
+    if not (np.issubdtype(got.dtype, np.number) or got.dtype == np.bool_):
+        return f"{name} should be an array of numbers, got dtype {got.dtype}"
     return compare_tensors(
-        torch.from_numpy(np.asarray(got, dtype=expected.dtype)),
+        # np.array copies: torch.from_numpy refuses arrays with negative strides (a[::-1]).
+        torch.from_numpy(np.array(got, dtype=expected.dtype)),
         torch.from_numpy(expected),
         name=name,
         atol=atol,
         rtol=1e-6,
     )
-
-
-def _unpack(result: Any, names: tuple[str, ...]) -> tuple[tuple | None, str | None]:
-    """Check that ``result`` is a tuple/list of ``len(names)`` values."""
-    if not isinstance(result, (tuple, list)) or len(result) != len(names):
-        what = type(result).__name__
-        if isinstance(result, (tuple, list)):
-            what += f" of length {len(result)}"
-        return None, f"return a tuple ({', '.join(names)}), got {what}"
-    return tuple(result), None
 
 
 # --------------------------------------------------------------------------------------
@@ -108,7 +101,7 @@ def check_linear_backward(linear_backward: Callable) -> bool:
     )
     if problem:
         return report(title, problem)
-    grads, problem = _unpack(result, ("grad_x", "grad_weight", "grad_bias"))
+    grads, problem = unpack(result, ("grad_x", "grad_weight", "grad_bias"))
     if problem:
         return report(title, problem)
     hints = {
@@ -160,11 +153,13 @@ def check_softmax_ce_grad(softmax_ce_grad: Callable) -> bool:
         problem = _compare_arrays(got, expected, "the gradient")
         if problem is None:
             continue
-        got_array = np.asarray(got, dtype=np.float64)
-        if got_array.shape == expected.shape and not np.isfinite(got_array).all():
-            return report(title, f"got NaN or inf{case}: subtract each row's maximum before np.exp")
-        if got_array.shape == expected.shape and np.allclose(got_array, expected * n):
-            return report(title, f"{problem}; it is N = {n} times too large: the loss is a mean, divide by N")
+        # The hints look at the values, so only for an array of the right shape: anything
+        # else (a tuple (loss, grad), a list) is already described by the problem.
+        if isinstance(got, np.ndarray) and got.shape == expected.shape and np.issubdtype(got.dtype, np.number):
+            if not np.isfinite(got).all():
+                return report(title, f"got NaN or inf{case}: subtract each row's maximum before np.exp")
+            if np.allclose(got, expected * n):
+                return report(title, f"{problem}; it is N = {n} times too large: the loss is a mean, divide by N")
         return report(title, problem + case)
     return report(title, None)
 
@@ -312,16 +307,15 @@ def check_accuracy_from_logits(accuracy: Callable) -> bool:
         problem += " (a boolean tensor has no mean: convert it with .float() first)"
     if problem:
         return report(title, problem)
-    if isinstance(got, torch.Tensor):
-        if got.numel() != 1:
-            return report(title, f"expected a single number, got a tensor of shape {tuple(got.shape)} (reduce with .mean())")
-        got = got.item()
-    if not isinstance(got, (int, float)):
+    if isinstance(got, torch.Tensor) and got.numel() != 1:
+        return report(title, f"expected a single number, got a tensor of shape {tuple(got.shape)} (reduce with .mean())")
+    value = as_number(got)
+    if value is None:
         return report(title, f"expected a number, got {type(got).__name__}")
-    if abs(got - expected) < 1e-6:
+    if abs(value - expected) < 1e-6:
         return report(title, None)
-    problem = f"got {got:.4g}, expected {expected}"
-    if abs(got - expected * n) < 1e-6:
+    problem = f"got {value:.4g}, expected {expected}"
+    if abs(value - expected * n) < 1e-6:
         problem += " (that is the number of correct predictions: divide by N for the fraction)"
     return report(title, problem)
 
@@ -470,7 +464,7 @@ def check_xyz_gradients(xyz_gradients: Callable) -> bool:
     got, problem = call_safely(xyz_gradients, *(t.detach().numpy().copy() for t in (x, y, z)))
     if problem:
         return report(title, problem)
-    grads, problem = _unpack(got, ("grad_x", "grad_y", "grad_z"))
+    grads, problem = unpack(got, ("grad_x", "grad_y", "grad_z"))
     if problem:
         return report(title, problem)
     hints = {"grad_x": " (dc/dx = y)", "grad_y": " (dc/dy = x)", "grad_z": " (one per element of z: np.ones_like(z))"}

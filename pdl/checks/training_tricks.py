@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pdl.checks.core import call_safely, compare_tensors, report
+from pdl.checks.core import call_safely, close, compare_tensors, report, unpack
 
 __all__ = ["check_kaiming_init", "check_sgd_momentum", "check_standardize"]
 
@@ -28,8 +28,20 @@ __all__ = ["check_kaiming_init", "check_sgd_momentum", "check_standardize"]
 # --------------------------------------------------------------------------------------
 
 
-def _standardized(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x - mean) / std
+_DIMS = (0, 2, 3)  # per channel: over the images and their pixels
+_TOL = {"atol": 1e-4, "rtol": 1e-4}
+
+
+def _standardized_both_ways(
+    x: torch.Tensor, dims: tuple[int, ...] = _DIMS, statistics_of: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` standardized with the mean and std over ``dims`` of ``statistics_of`` (default: ``x``).
+
+    Two answers, both accepted: the std that divides by n (``correction=0``) and by n - 1 (``1``).
+    """
+    source = x if statistics_of is None else statistics_of
+    mean = source.mean(dim=dims, keepdim=True)
+    return tuple((x - mean) / source.std(dim=dims, keepdim=True, correction=c) for c in (0, 1))
 
 
 def check_standardize(fn: Callable, *, seed: int = 0) -> bool:
@@ -37,7 +49,8 @@ def check_standardize(fn: Callable, *, seed: int = 0) -> bool:
 
     Each channel must get its own mean and standard deviation, computed over the training
     images and all their pixels (dims 0, 2, 3), and the *same* numbers must be used for the
-    test images. Either standard deviation (divide by n or by n - 1) is accepted.
+    test images. Either standard deviation (divide by n or by n - 1) is accepted. ``seed``
+    seeds the check's own generator for the images.
 
     Example:
         >>> def standardize(train, test):
@@ -60,47 +73,37 @@ def check_standardize(fn: Callable, *, seed: int = 0) -> bool:
     result, error = call_safely(fn, train.clone(), test.clone())
     if error:
         return report(title, error)
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        return report(title, f"return two tensors (train_standardized, test_standardized), got {type(result).__name__}")
-    got_train, got_test = result
+    pair, problem = unpack(result, ("train_standardized", "test_standardized"))
+    if problem:
+        return report(title, problem)
+    got_train, got_test = pair
 
-    dims = (0, 2, 3)
-    mean = train.mean(dim=dims, keepdim=True)
-    expected = {
-        correction: (_standardized(train, mean, train.std(dim=dims, keepdim=True, correction=correction)),
-                     _standardized(test, mean, train.std(dim=dims, keepdim=True, correction=correction)))
-        for correction in (0, 1)
-    }  # fmt: skip
+    def matches(got: object, want: torch.Tensor) -> bool:  # unlike close(), insists on the dtype too
+        return compare_tensors(got, want, **_TOL) is None
 
-    def matches(got: object, want: torch.Tensor) -> bool:
-        return compare_tensors(got, want, atol=1e-4, rtol=1e-4) is None
-
-    if not any(matches(got_train, want[0]) for want in expected.values()):
-        return report(title, _standardize_hint(got_train, train, "the training images")
-                      or compare_tensors(got_train, expected[1][0], name="the standardized training images", atol=1e-4, rtol=1e-4))
-    if not any(matches(got_test, want[1]) for want in expected.values()):
-        own = _standardized(test, test.mean(dim=dims, keepdim=True), test.std(dim=dims, keepdim=True))
-        own_biased = _standardized(test, test.mean(dim=dims, keepdim=True), test.std(dim=dims, keepdim=True, correction=0))
-        if matches(got_test, own) or matches(got_test, own_biased):
+    expected_train = _standardized_both_ways(train)
+    expected_test = _standardized_both_ways(test, statistics_of=train)
+    if not any(matches(got_train, want) for want in expected_train):
+        return report(title, _standardize_hint(got_train, train)
+                      or compare_tensors(got_train, expected_train[1], name="the standardized training images", **_TOL))
+    if not any(matches(got_test, want) for want in expected_test):
+        if any(matches(got_test, own) for own in _standardized_both_ways(test)):
             return report(title, "the test images were standardized with their own statistics: use the training "
                                  "set's mean and std (the test set stands for data you have not seen yet)")
-        return report(title, compare_tensors(got_test, expected[1][1], name="the standardized test images", atol=1e-4, rtol=1e-4))
+        return report(title, compare_tensors(got_test, expected_test[1], name="the standardized test images", **_TOL))
     return report(title, None)
 
 
-def _standardize_hint(got: object, x: torch.Tensor, what: str) -> str | None:
-    if not isinstance(got, torch.Tensor) or got.shape != x.shape:
-        return None
+def _standardize_hint(got: object, train: torch.Tensor) -> str | None:
+    """Recognise training images standardized over the wrong dims."""
     wrong = {
         "one mean and std for all channels together: each channel needs its own, reduce over dims (0, 2, 3)": (0, 1, 2, 3),
         "a mean and std for every pixel: per-channel statistics reduce over the pixels too, dims (0, 2, 3)": (0,),
         "statistics per image: compute them over the whole training set (dim 0) and the pixels (dims 2, 3)": (1, 2, 3),
     }
     for hint, dims in wrong.items():
-        for correction in (0, 1):
-            want = _standardized(x, x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True, correction=correction))
-            if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
-                return f"{what}: {hint}"
+        if any(close(got, want, **_TOL) for want in _standardized_both_ways(train, dims)):
+            return f"the training images: {hint}"
     return None
 
 
@@ -114,7 +117,8 @@ def check_kaiming_init(fn: Callable, *, seed: int = 0) -> bool:
 
     Weights: zero mean and standard deviation ``sqrt(2 / fan_in)`` (normal or uniform, both
     fine); bias: zero. Tried on ``nn.Linear(1000, 400)``, whose 400,000 weights pin the
-    standard deviation down to about 0.1%.
+    standard deviation down to about 0.1%. ``seed`` seeds the global generator that your
+    code draws from during the check; the notebook's random state is restored afterwards.
 
     Example:
         >>> check_kaiming_init(lambda layer: (nn.init.kaiming_normal_(layer.weight, nonlinearity="relu"),
@@ -123,11 +127,14 @@ def check_kaiming_init(fn: Callable, *, seed: int = 0) -> bool:
         True
     """
     title = "Kaiming initialization"
-    torch.manual_seed(seed)  # the student's code uses the global generator
     fan_in, fan_out = 1000, 400
-    layer = nn.Linear(fan_in, fan_out)
-    before = layer.weight.detach().clone()
-    _, error = call_safely(fn, layer)
+    # The student's code draws from the global generator: seed it for a repeatable check, but
+    # inside fork_rng, so that the notebook's own random state is restored afterwards.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        layer = nn.Linear(fan_in, fan_out)
+        before = layer.weight.detach().clone()
+        _, error = call_safely(fn, layer)
     if error:
         return report(title, error)
     if not isinstance(layer.weight, nn.Parameter) or not isinstance(layer.bias, nn.Parameter):
@@ -178,7 +185,8 @@ def _gradients(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> 
 
 def _torch_trajectory(params, x, y) -> list[list[torch.Tensor]]:
     """Parameters after each step of torch.optim.SGD(momentum=...): the reference."""
-    model = nn.Linear(4, 3)
+    with torch.random.fork_rng():  # its random initial weights are overwritten: leave the notebook's generator alone
+        model = nn.Linear(4, 3)
     with torch.no_grad():
         model.weight.copy_(params[0])
         model.bias.copy_(params[1])
@@ -226,6 +234,7 @@ def check_sgd_momentum(fn: Callable, *, seed: int = 0) -> bool:
     velocity). The parameters must agree after every step. PyTorch's form is
     ``v = momentum * v + grad; param = param - lr * v``; the textbook form
     ``v = momentum * v - lr * grad; param = param + v`` takes the same steps and passes too.
+    ``seed`` seeds the check's own generator for the regression problem.
 
     Example:
         >>> def step(param, grad, velocity, lr, momentum):
@@ -249,9 +258,10 @@ def check_sgd_momentum(fn: Callable, *, seed: int = 0) -> bool:
             if error:
                 where = "" if error.startswith("not implemented") else f"step {step}, {name}: "
                 return report(title, where + error)
-            if not (isinstance(result, (tuple, list)) and len(result) == 2):
-                return report(title, f"return (new_param, new_velocity), got {type(result).__name__}")
-            new_param, new_velocity = result
+            pair, problem = unpack(result, ("new_param", "new_velocity"))
+            if problem:
+                return report(title, problem)
+            new_param, new_velocity = pair
             problem = compare_tensors(new_param, expected[step - 1][i], name=f"the {name} after step {step}", atol=1e-5, rtol=1e-4)
             if problem is None and not isinstance(new_velocity, torch.Tensor):
                 problem = f"the velocity should be a tensor, got {type(new_velocity).__name__}"
@@ -263,10 +273,10 @@ def check_sgd_momentum(fn: Callable, *, seed: int = 0) -> bool:
 
 def _momentum_hint(got: object, step: int, index: int, params, x, y) -> str | None:
     if not isinstance(got, torch.Tensor):
-        return None
+        return None  # not worth replaying the known mistakes
     for hint, rule in _KNOWN_MISTAKES.items():
         wrong = _rule_trajectory(rule, params, x, y)[step - 1][index]
-        if got.shape == wrong.shape and torch.allclose(got.detach().float(), wrong, atol=1e-5, rtol=1e-4):
+        if close(got, wrong, atol=1e-5, rtol=1e-4):
             return f"step {step}: {hint}"
     return None
 

@@ -9,32 +9,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
+import torchvision
 from torch import nn
 
 from pdl.checks.core import call_safely, report
+from pdl.transfer import _under, head_name, replace_head, stages, train_from
 
 __all__ = ["check_freeze_all_but_head", "check_param_groups"]
 
 
 def _models() -> dict[str, nn.Module]:
     """Two architectures whose heads have different names: ``fc`` and ``classifier``."""
-    import torchvision  # imported here: `import pdl` should not pay for torchvision
-
-    from pdl.transfer import replace_head
-
     models = {}
-    for name in ("resnet18", "mobilenet_v2"):
-        model = torchvision.models.get_model(name, weights=None)
-        replace_head(model, 2)
-        models[name] = model
+    # Random initial weights come from the global generator: leave the notebook's state alone.
+    with torch.random.fork_rng():
+        for name in ("resnet18", "mobilenet_v2"):
+            model = torchvision.models.get_model(name, weights=None)
+            replace_head(model, 2)
+            models[name] = model
     return models
-
-
-def _in_head(model: nn.Module, key: str) -> bool:
-    from pdl.transfer import head_name
-
-    head = head_name(model)
-    return key == head or key.startswith(head + ".")
 
 
 def check_freeze_all_but_head(freeze_all_but_head: Callable[[nn.Module], object]) -> bool:
@@ -56,11 +49,12 @@ def check_freeze_all_but_head(freeze_all_but_head: Callable[[nn.Module], object]
         _, problem = call_safely(freeze_all_but_head, model)
         if problem:
             return report(title, problem)
+        head = head_name(model)
         parameters = dict(model.named_parameters())
-        still_trainable = [k for k, p in parameters.items() if p.requires_grad and not _in_head(model, k)]
-        frozen_head = [k for k, p in parameters.items() if not p.requires_grad and _in_head(model, k)]
+        still_trainable = [k for k, p in parameters.items() if p.requires_grad and not _under(k, head)]
+        frozen_head = [k for k, p in parameters.items() if not p.requires_grad and _under(k, head)]
         trainable = sum(p.numel() for p in parameters.values() if p.requires_grad)
-        expected = sum(p.numel() for k, p in parameters.items() if _in_head(model, k))
+        expected = sum(p.numel() for k, p in parameters.items() if _under(k, head))
         if still_trainable:
             return report(
                 title,
@@ -93,8 +87,6 @@ def check_param_groups(make_param_groups: Callable[[nn.Module, float, float], ob
         ✅ parameter groups: correct
         True
     """
-    from pdl.transfer import stages, train_from
-
     title = "parameter groups"
     head_lr, body_lr = 3e-3, 2e-4
     for arch, model in _models().items():
@@ -115,7 +107,8 @@ def _param_groups_problem(model: nn.Module, groups: object, head_lr: float, body
     if not isinstance(groups, (list, tuple)) or not groups:
         return f"expected a non-empty list of dicts, got {type(groups).__name__}"
     names = {id(p): k for k, p in model.named_parameters()}
-    seen: dict[int, float] = {}
+    head = head_name(model)
+    seen: set[int] = set()  # ids of the parameters already in a group
     for index, group in enumerate(groups):
         if not isinstance(group, Mapping) or "params" not in group or "lr" not in group:
             return f"group {index} should be a dict with keys 'params' and 'lr', got {group!r:.80}"
@@ -130,11 +123,11 @@ def _param_groups_problem(model: nn.Module, groups: object, head_lr: float, body
                 return f"the frozen parameter {name} is in group {index}: leave frozen parameters out"
             if id(parameter) in seen:
                 return f"{name} is in two groups: every parameter must be in exactly one"
-            expected = head_lr if _in_head(model, name) else body_lr
+            expected = head_lr if _under(name, head) else body_lr
             if group["lr"] != expected:
                 part = "the head" if expected == head_lr else "the body"
                 return f"{name} gets lr {group['lr']}, expected {expected} ({part})"
-            seen[id(parameter)] = group["lr"]
+            seen.add(id(parameter))
     forgotten = [k for k, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
     if forgotten:
         return (
