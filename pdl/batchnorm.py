@@ -196,7 +196,10 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
 
     folded = copy.deepcopy(conv)  # same kernel size, stride, padding, groups, device, dtype
     if folded.bias is None:
-        folded.bias = nn.Parameter(torch.zeros_like(bn.running_mean))
+        # The conv's dtype and device, not the batch norm's: a bfloat16 conv with a float32
+        # batch norm must still get a bfloat16 bias, or its forward pass refuses the mix.
+        weight = conv.weight
+        folded.bias = nn.Parameter(torch.zeros(conv.out_channels, dtype=weight.dtype, device=weight.device))
     folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
     folded.bias.copy_((bias - bn.running_mean) * scale + beta)
     return folded

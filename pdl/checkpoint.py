@@ -70,7 +70,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"corrupt or was not written by torch.save. ({type(error).__name__}: {error})"
         ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict (a checkpoint or a state_dict)")
     return state
 
 

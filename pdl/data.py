@@ -31,6 +31,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import (
@@ -42,6 +43,11 @@ from torch.utils.data import (
     Subset,
     TensorDataset,
 )
+
+from pdl.device import get_device
+
+if TYPE_CHECKING:
+    from torchvision.transforms import InterpolationMode
 
 DATA_ROOT_ENV = "PDL_DATA_ROOT"
 MIRROR_ENV = "PDL_DATA_MIRROR"
@@ -313,7 +319,7 @@ def _not_found_message(
         lines.append(f"- Not (intact) in the mirror: {mirror / resource.path}")
     if resource.url or resource.file_urls:
         urls = [resource.url] if resource.url else list(resource.file_urls.values())
-        why = f"{OFFLINE_ENV} is set" if os.environ.get(OFFLINE_ENV) else "the download failed"
+        why = f"{OFFLINE_ENV} is set" if offline() else "the download failed"  # PDL_OFFLINE=0 is not offline
         lines.append(f"- Not downloaded ({why}). Official URL(s): {', '.join(urls)}")
     if resource.note:
         lines.append(f"- {resource.note}")
@@ -506,30 +512,49 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def imagenet_transform(image_size: int = 224, *, train: bool = False):
+def imagenet_transform(
+    image_size: int = 224,
+    *,
+    train: bool = False,
+    resize_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    interpolation: InterpolationMode | None = None,
+):
     """The standard ImageNet preprocessing, with light augmentation for training.
 
-    Evaluation: resize the short side to ``image_size * 256/224``, centre-crop ``image_size``.
-    Training: a random resized crop and a horizontal flip. Both end with ImageNet normalization.
+    Evaluation: resize the short side to ``resize_size`` (default ``image_size * 256/224``),
+    centre-crop ``image_size``. Training: a random resized crop of ``image_size`` and a
+    horizontal flip. Both end with normalization by ``mean`` and ``std`` (default: ImageNet's).
+    ``interpolation`` is the resizing filter (default bilinear); the other arguments let a
+    pretrained model's own preset be reproduced (``pdl.transfer.preprocessing`` does).
 
     Example:
         >>> from PIL import Image
         >>> t = imagenet_transform(128)
         >>> t(Image.new("RGB", (300, 200))).shape
         torch.Size([3, 128, 128])
+        >>> imagenet_transform(128, resize_size=160).transforms[1].size  # the Resize step
+        [160]
     """
     from torchvision.transforms import v2
 
+    # None leaves torchvision's default (bilinear) in place, and with it the transforms' repr,
+    # which pdl.transfer.feature_key hashes: passing the default explicitly would change it.
+    resizing = {"antialias": True}
+    if interpolation is not None:
+        resizing["interpolation"] = interpolation
     if train:
-        geometry = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+        geometry = [v2.RandomResizedCrop(image_size, **resizing), v2.RandomHorizontalFlip()]
     else:
-        geometry = [v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
+        resize_size = round(image_size * 256 / 224) if resize_size is None else resize_size
+        geometry = [v2.Resize(resize_size, **resizing), v2.CenterCrop(image_size)]
     return v2.Compose(
         [
             v2.ToImage(),
             *geometry,
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            v2.Normalize(mean, std),
         ]
     )
 
@@ -609,11 +634,13 @@ def make_loader(
     num_workers: int | None = None,
     drop_last: bool = False,
     generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> DataLoader:
     """A DataLoader with defaults that work in notebooks on every OS.
 
     ``num_workers`` defaults to ``default_num_workers()``; memory is pinned only when a CUDA
-    GPU will receive the batches; workers persist between epochs so they start once.
+    GPU will receive the batches (``device``, by default ``pdl.device.get_device()``, which
+    follows ``PDL_DEVICE``); workers persist between epochs so they start once.
 
     Example:
         >>> loader = make_loader(TensorDataset(torch.zeros(10, 3)), batch_size=4, num_workers=0)
@@ -621,12 +648,15 @@ def make_loader(
         3
     """
     workers = default_num_workers() if num_workers is None else num_workers
+    # Pinned (page-locked) memory only speeds up copies to a CUDA GPU; for batches that stay
+    # on the CPU it just costs an extra copy. So ask where the batches go, not what is installed.
+    target = torch.device(device) if device is not None else get_device()
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=target.type == "cuda",
         persistent_workers=workers > 0,
         drop_last=drop_last,
         generator=generator,

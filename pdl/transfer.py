@@ -50,10 +50,14 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.models import WeightsEnum
+from torchvision.transforms import InterpolationMode
+from tqdm.auto import tqdm
 
 from pdl import data as pdl_data
-from pdl.checkpoint import load_checkpoint, save_checkpoint
+from pdl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pdl.device import get_device
+from pdl.metrics import classification_metrics
+from pdl.train import fit
 
 __all__ = [
     "CachedFeatures",
@@ -229,9 +233,9 @@ def _ensure_in_hub_cache(weights: WeightsEnum, backbone: str, progress: bool) ->
 def _download(url: str, path: Path, progress: bool) -> None:
     """Download ``url`` to ``path``, checking the sha256 prefix that torch puts in file names."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    stem = path.name.split(".")[0]
-    suffix = stem.rsplit("-", 1)[-1] if "-" in stem else ""
-    hash_prefix = suffix if len(suffix) >= 8 and all(c in "0123456789abcdef" for c in suffix) else None
+    # "resnet18-f37072fd.pth" -> "f37072fd": the pattern torch.hub.load_state_dict_from_url uses.
+    match = torch.hub.HASH_REGEX.search(path.name)
+    hash_prefix = match.group(1) if match and match.group(1) else None
     print(f"Downloading {url} to {path}")
     # download_url_to_file writes to a temporary file and renames it at the end, so an
     # interrupted download never leaves a truncated file under the real name.
@@ -372,20 +376,18 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for damaged or non-torch files
-        raise WeightsFileError(
-            f"{path} ({path.stat().st_size} bytes) is not a readable weights file: "
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        ) from None
-    if isinstance(state, Mapping):
-        for key in ("model", "state_dict"):  # a training checkpoint that holds a state_dict
-            if isinstance(state.get(key), Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        kind = type(state).__name__ if not isinstance(state, Mapping) else f"dict with keys {list(state)[:5]}"
-        raise WeightsFileError(f"{path} holds a {kind}, not a state_dict (a dict of parameter name -> tensor)")
+        state = load_checkpoint(path)  # weights_only=True: a pickled object is refused, never run
+    except CheckpointError as error:
+        # Torch could not read the file, or it holds something other than a dict (e.g. a list
+        # of tensors).
+        size = path.stat().st_size
+        raise WeightsFileError(f"{path.name} ({size} bytes) is not a readable weights file: {error}") from None
+    for key in ("model", "state_dict"):  # a training checkpoint that holds a state_dict
+        if isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsFileError(f"{path} holds a dict with keys {list(state)[:5]}, not a state_dict (a dict of parameter name -> tensor)")
     return dict(state)
 
 
@@ -590,11 +592,11 @@ def train_from(model: nn.Module, stage: str) -> ParameterCount:
         8,394,754 of 11,177,538 parameters trainable (75.10%)
     """
     stage = _resolve(model, stage)
-    names = [key for key, _ in model.named_parameters()]
-    start = next((i for i, key in enumerate(names) if _under(key, stage)), None)
+    named = list(model.named_parameters())
+    start = next((i for i, (key, _) in enumerate(named) if _under(key, stage)), None)
     if start is None:
-        raise ValueError(f"module {stage!r} has no parameters to train")
-    for index, parameter in enumerate(model.parameters()):
+        raise ValueError(f"module {stage!r} has no parameters to train")  # raised before anything changes
+    for index, (_, parameter) in enumerate(named):
         parameter.requires_grad_(index >= start)
     _sync_batchnorm(model)
     return count_parameters(model)
@@ -676,7 +678,7 @@ def param_groups(
     """
     resolved = {_resolve(model, name): lr for name, lr in lrs.items()}
     buckets: dict[str, list[nn.Parameter]] = {name: [] for name in resolved}
-    rest: list[nn.Parameter] = []
+    rest: list[tuple[str, nn.Parameter]] = []  # with their names, for the error message
     for key, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
@@ -684,16 +686,15 @@ def param_groups(
         if owners:
             buckets[max(owners, key=len)].append(parameter)  # the most specific module wins
         else:
-            rest.append(parameter)
+            rest.append((key, parameter))
     if rest and rest_lr is None:
-        names = [k for k, p in model.named_parameters() if p.requires_grad and not any(_under(k, n) for n in resolved)]
         raise ValueError(
-            f"{len(names)} trainable parameters belong to none of {list(resolved)} "
-            f"(e.g. {', '.join(names[:3])}): pass rest_lr=... or freeze them"
+            f"{len(rest)} trainable parameters belong to none of {list(resolved)} "
+            f"(e.g. {', '.join(key for key, _ in rest[:3])}): pass rest_lr=... or freeze them"
         )
     groups = [{"params": params, "lr": resolved[name], "name": name} for name, params in buckets.items() if params]
     if rest:
-        groups.append({"params": rest, "lr": rest_lr, "name": "rest"})
+        groups.append({"params": [parameter for _, parameter in rest], "lr": rest_lr, "name": "rest"})
     return groups
 
 
@@ -767,10 +768,11 @@ def extract_features(
         >>> x.shape, y.tolist()
         (torch.Size([5, 512]), [0, 1, 2, 3, 4])
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device) if device is not None else get_device()
-    loader = data if isinstance(data, DataLoader) else pdl_data.make_loader(data, batch_size=batch_size)
+    if isinstance(data, DataLoader):
+        loader = data
+    else:  # pinned memory only when the batches go to a CUDA GPU
+        loader = pdl_data.make_loader(data, batch_size=batch_size, device=device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     extractor = extractor.to(device, memory_format=memory_format).eval()
     features, labels = [], []
@@ -792,38 +794,71 @@ def _innermost(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
     return dataset, indices
 
 
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of ``tensor``'s values, whatever its dtype (bfloat16 included) and device."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def _state_digest(digest: Any, model: nn.Module, skip: str) -> None:
     for key, tensor in sorted(model.state_dict().items()):
         if _under(key, skip):
-            continue  # the head does not change the features
+            continue  # the layer that feature_extractor removes does not change the features
         digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(_tensor_bytes(tensor))
+
+
+def _dataset_digest(digest: Any, dataset: Dataset) -> None:
+    """Hash which images (and labels) ``dataset`` holds; refuse a dataset that does not say.
+
+    Two datasets of the same type and length may hold different images, so type and length
+    are not enough: a shared key would serve one dataset's features for the other.
+    """
+    samples = getattr(dataset, "samples", None)  # ImageFolder: [(path, class index), ...]
+    if samples is not None:
+        digest.update(repr(samples).encode())
+        return
+    tensors = getattr(dataset, "tensors", None)  # TensorDataset: the images and labels themselves
+    if tensors is None:
+        raise TypeError(
+            f"cannot cache features of a {type(dataset).__name__}: the cache key must tell its images "
+            "apart, and only a dataset with a file list (`samples`, like ImageFolder) or with its "
+            "tensors (`tensors`, like TensorDataset) says which images it holds. Use one of those, "
+            "or compute the features without a cache: extract_features(feature_extractor(model), dataset)"
+        )
+    for tensor in tensors:
+        digest.update(repr((tensor.dtype, tuple(tensor.shape))).encode())
+        digest.update(_tensor_bytes(tensor))
 
 
 def feature_key(model: nn.Module, dataset: Dataset) -> str:
     """The cache key of ``model``'s features on ``dataset``: a hash of backbone, weights, transform and images.
 
-    It hashes the architecture name, every weight of the body (so other weights, or the same
-    backbone after fine-tuning, get another key), the dataset's transform (its ``repr``) and
-    which images (file list and subset indices). The head is left out.
+    It hashes the architecture name, every weight except the head's last linear layer (the
+    one ``feature_extractor`` removes: other weights, or the same backbone after fine-tuning,
+    get another key), the dataset's transform (its ``repr``) and which images: the file list
+    of an ImageFolder, the contents of a TensorDataset's tensors, and subset indices. Any
+    other kind of dataset raises a ``TypeError``: its type and length do not say which
+    images it holds, and a wrong guess would serve another dataset's features.
 
     Example:
         >>> images = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4))
         >>> a, b = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten()), nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten())
         >>> feature_key(a, images) == feature_key(a, images), feature_key(a, images) == feature_key(b, images)
         (True, False)
+        >>> other = torch.utils.data.TensorDataset(torch.ones(4, 3, 8, 8), torch.zeros(4))
+        >>> feature_key(a, images) == feature_key(a, other)  # same length, other images
+        False
     """
     base, indices = _innermost(dataset)
     digest = hashlib.sha256()
     digest.update(type(model).__name__.encode())
     try:
-        skip = head_name(model)
+        skip = head_path(model)
     except ValueError:
         skip = "\0"  # no recognisable head: hash everything
     _state_digest(digest, model, skip)
     digest.update(repr(getattr(base, "transform", None)).encode())
-    samples = getattr(base, "samples", None)  # ImageFolder: [(path, class index), ...]
-    digest.update(repr(samples if samples is not None else (type(base).__name__, len(base))).encode())
+    _dataset_digest(digest, base)
     digest.update(repr(indices).encode())
     return digest.hexdigest()[:20]
 
@@ -865,8 +900,10 @@ def cached_features(
     The cache is in memory (for the running process) and, with ``cache_dir``, in files
     ``<cache_dir>/features-<key>.pt`` that later runs reuse. The key (``feature_key``)
     changes with the architecture, the weights, the transform and the images, so a stale
-    cache is never used. Only cache a deterministic transform: with random augmentation
-    every epoch would see the same frozen copy of each image (a warning says so).
+    cache is never used; it needs an ImageFolder or a TensorDataset (or a Subset of one) to
+    know the images, and other datasets raise a ``TypeError``. Only cache a deterministic
+    transform: with random augmentation every epoch would see the same frozen copy of each
+    image (a warning says so).
 
     Example:
         >>> import torchvision
@@ -933,9 +970,6 @@ def fit_linear_probe(
         >>> head, history["val_accuracy"][-1] > 0.9
         (Linear(in_features=8, out_features=2, bias=True), True)
     """
-    from pdl.metrics import classification_metrics
-    from pdl.train import fit
-
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the head's initial weights
     head = nn.Linear(train[0].shape[1], num_classes)
@@ -982,8 +1016,6 @@ def preprocessing(backbone: str, weights: Any = None, image_size: int | None = N
         >>> [type(t).__name__ for t in p.eval.transforms]
         ['ToImage', 'Resize', 'CenterCrop', 'ToDtype', 'Normalize']
     """
-    from torchvision.transforms import InterpolationMode, v2
-
     resolved = resolve_weights(backbone, weights)
     if isinstance(resolved, WeightsEnum):
         preset = resolved.transforms()
@@ -994,16 +1026,8 @@ def preprocessing(backbone: str, weights: Any = None, image_size: int | None = N
         mean, std, interpolation = pdl_data.IMAGENET_MEAN, pdl_data.IMAGENET_STD, InterpolationMode.BILINEAR
     if image_size is not None and image_size != crop:
         crop, resize = image_size, round(image_size * resize / crop)
-    finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    evaluation = v2.Compose(
-        [v2.ToImage(), v2.Resize(resize, interpolation=interpolation, antialias=True), v2.CenterCrop(crop), *finish]
-    )
-    training = v2.Compose(
-        [
-            v2.ToImage(),
-            v2.RandomResizedCrop(crop, interpolation=interpolation, antialias=True),
-            v2.RandomHorizontalFlip(),
-            *finish,
-        ]
-    )
+    # The same steps as the standard ImageNet preprocessing, with the preset's numbers.
+    settings = {"resize_size": resize, "mean": mean, "std": std, "interpolation": interpolation}
+    training = pdl_data.imagenet_transform(crop, train=True, **settings)
+    evaluation = pdl_data.imagenet_transform(crop, train=False, **settings)
     return Preprocessing(training, evaluation, tuple(mean), tuple(std), crop)

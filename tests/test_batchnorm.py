@@ -176,6 +176,20 @@ def test_fold_batchnorm_after_real_training_statistics():
         torch.testing.assert_close(fold_batchnorm(conv, bn)(x), bn(conv(x)), atol=TOL, rtol=TOL)
 
 
+def test_fold_batchnorm_into_a_bfloat16_conv_keeps_the_conv_dtype():
+    # A bias-free bfloat16 conv with a float32 batch norm (e.g. a model cast to bfloat16 but
+    # for its norms): the folded conv, bias included, must be bfloat16 to run at all.
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, bias=False).to(torch.bfloat16)
+    bn = _trained_bn(8)
+    folded = fold_batchnorm(conv, bn)
+    assert folded.weight.dtype == folded.bias.dtype == torch.bfloat16
+    x = torch.randn(2, 3, 8, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = bn(conv(x).float())
+        torch.testing.assert_close(folded(x).float(), expected, atol=0.1, rtol=0.05)  # bfloat16: ~3 digits
+
+
 def test_fold_batchnorm_refuses_what_it_cannot_fold():
     with pytest.raises(TypeError, match="nn.Conv2d"):
         fold_batchnorm(nn.Linear(3, 3), nn.BatchNorm1d(3))

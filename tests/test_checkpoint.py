@@ -83,7 +83,7 @@ def test_corrupt_and_missing_checkpoints_raise_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="No checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
     torch.save([1, 2, 3], tmp_path / "list.pt")
-    with pytest.raises(CheckpointError, match="holds a list, not a checkpoint dict"):
+    with pytest.raises(CheckpointError, match=r"holds a list, not a dict \(a checkpoint or a state_dict\)"):
         load_checkpoint(tmp_path / "list.pt")
 
 

@@ -103,6 +103,18 @@ def test_failed_download_gives_the_same_clear_error(empty_root, monkeypatch):
     assert not (empty_root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
 
 
+def test_pdl_offline_0_is_online_so_a_failed_download_says_so(empty_root, monkeypatch):
+    monkeypatch.delenv("PDL_DATA_MIRROR", raising=False)
+    monkeypatch.setenv("PDL_OFFLINE", "0")  # "0" means online (see data.offline)
+    unreachable = {name: f"http://127.0.0.1:9/{name}.gz" for name in RESOURCES["fashion-mnist"].file_urls}
+    broken = data.Resource(**{**RESOURCES["fashion-mnist"].__dict__, "file_urls": unreachable})
+    monkeypatch.setitem(RESOURCES, "fashion-mnist", broken)
+    with pytest.raises(DatasetNotFoundError) as error:
+        ensure_with_source("fashion-mnist")
+    assert "Not downloaded (the download failed)" in str(error.value)
+    assert "PDL_OFFLINE is set" not in str(error.value)
+
+
 def test_mirror_only_weights_explain_the_online_alternative(empty_root, monkeypatch):
     monkeypatch.delenv("PDL_DATA_MIRROR", raising=False)
     with pytest.raises(DatasetNotFoundError, match="MobileNet_V2_Weights.IMAGENET1K_V1"):
@@ -173,6 +185,32 @@ def test_make_loader_defaults(monkeypatch):
     monkeypatch.setitem(sys.modules, "ipykernel", sys)  # pretend to run inside Jupyter
     monkeypatch.setattr("multiprocessing.get_start_method", lambda allow_none=False: "spawn")
     assert data.default_num_workers() == 0
+
+
+def test_make_loader_pins_memory_only_for_a_cuda_target(monkeypatch):
+    # Pretend a CUDA GPU is installed: pinning should still follow where the batches go.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    dataset = TensorDataset(torch.zeros(10, 3))
+    monkeypatch.setenv("PDL_DEVICE", "cpu")
+    assert not make_loader(dataset, num_workers=0).pin_memory  # PDL_DEVICE=cpu: the batches stay
+    assert make_loader(dataset, num_workers=0, device="cuda").pin_memory
+    monkeypatch.setenv("PDL_DEVICE", "cuda")
+    assert make_loader(dataset, num_workers=0).pin_memory
+    assert not make_loader(dataset, num_workers=0, device="cpu").pin_memory
+
+
+def test_imagenet_transform_settings_default_to_the_standard_preprocessing():
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    image = Image.new("RGB", (300, 200), color=(120, 60, 30))
+    assert repr(data.imagenet_transform(128, resize_size=146)) == repr(data.imagenet_transform(128))
+    bicubic = v2.InterpolationMode.BICUBIC
+    custom = data.imagenet_transform(128, resize_size=160, mean=(0.5,) * 3, std=(0.25,) * 3, interpolation=bicubic)
+    resize, normalize = custom.transforms[1], custom.transforms[-1]
+    assert resize.size == [160] and resize.interpolation == bicubic
+    assert (normalize.mean, normalize.std) == ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    assert custom(image).shape == (3, 128, 128)
 
 
 def test_data_command_reports_every_resource(empty_root, mirror):

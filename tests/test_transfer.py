@@ -337,7 +337,7 @@ def test_unreadable_or_unsafe_files_are_refused(tmp_path):
     with pytest.raises(WeightsFileError, match="not a readable weights file"):  # weights_only refuses objects
         load_weights_file(make("resnet18"), tmp_path / "pickled.pth")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
-    with pytest.raises(WeightsFileError, match="holds a list, not a state_dict"):
+    with pytest.raises(WeightsFileError, match=r"holds a list, not a dict \(a checkpoint or a state_dict\)"):
         load_weights_file(make("resnet18"), tmp_path / "list.pth")
 
 
@@ -487,6 +487,52 @@ def test_feature_key_changes_with_weights_transform_and_images_not_with_the_head
     assert feature_key(make("mobilenet_v2"), data) != key
     with torch.no_grad():
         model.layer4[1].conv2.weight[0, 0, 0, 0] += 1e-3
+    assert feature_key(model, data) != key
+
+
+def test_feature_key_tells_tensor_datasets_of_equal_length_apart():
+    clear_feature_cache()
+    model = make("resnet18")
+    a, b = Images(6, seed=0), Images(6, seed=1)  # same type, same length, other images
+    assert feature_key(model, a) != feature_key(model, b)
+    first, second = cached_features(model, a, device="cpu"), cached_features(model, b, device="cpu")
+    assert (first.source, second.source) == ("computed", "computed")
+    assert not torch.equal(first.features, second.features)
+    relabelled = TensorDataset(a.tensors[0], 1 - a.tensors[1])  # cached labels come from the dataset too
+    assert feature_key(model, relabelled) != feature_key(model, TensorDataset(*a.tensors))
+
+
+def test_feature_key_refuses_a_dataset_that_does_not_say_which_images_it_holds():
+    class Generated(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return torch.randn(3, 32, 32), 0
+
+    with pytest.raises(TypeError, match="cannot cache features of a Generated.*extract_features"):
+        feature_key(make("resnet18"), Generated())
+    with pytest.raises(TypeError, match="cannot cache features of a Generated"):
+        cached_features(make("resnet18"), Subset(Generated(), [0, 1]), device="cpu")
+
+
+def test_feature_key_covers_every_head_layer_before_the_last_linear():
+    class VGGLike(nn.Module):  # like VGG or ConvNeXt: layers in the head before its last linear
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.classifier = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10))
+
+        def forward(self, x):
+            return self.classifier(self.features(x))
+
+    torch.manual_seed(0)
+    model, data = VGGLike(), Images(4)
+    key = feature_key(model, data)
+    replace_head(model, 2)  # classifier.2, the layer feature_extractor removes
+    assert feature_key(model, data) == key
+    with torch.no_grad():
+        model.classifier[0].weight[0, 0] += 1.0  # shapes the features: feature_extractor keeps it
     assert feature_key(model, data) != key
 
 
