@@ -8,9 +8,9 @@ Small modules, one concern each, meant to be read:
 - ``pdl.checkpoint``: atomic, ``weights_only``-safe checkpoints.
 - ``pdl.metrics``: torchmetrics classification metrics with the right ``task=``.
 - ``pdl.plot``: training curves, image grids, confusion matrices.
-- ``pdl.batchnorm``: batch normalization written out, and folding BN into a conv (lecture 05).
+- ``pdl.batchnorm``: batch normalization written out, and folding BN into a conv (lecture 06).
 - ``pdl.checks``: self-checks for the notebook exercises.
-- ``pdl.transfer``: pretrained backbones, heads, freezing, cached features (lecture 06).
+- ``pdl.transfer``: pretrained backbones, heads, freezing, cached features (lecture 07).
 """
 
 from pdl import batchnorm, checkpoint, checks, data, device, metrics, plot, train, transfer

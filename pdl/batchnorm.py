@@ -1,6 +1,6 @@
-"""Batch normalization written out in plain tensor operations (lecture 05).
+"""Batch normalization written out in plain tensor operations (lecture 06).
 
-This is the readable reference that the lecture 05 self-checks compare your code with, and
+This is the readable reference that the lecture 06 self-checks compare your code with, and
 the unit tests compare with ``nn.BatchNorm1d`` / ``nn.BatchNorm2d``:
 
 - ``batch_norm_statistics(x)``: the per-channel mean and (biased) variance of a batch.

@@ -1,4 +1,4 @@
-"""Transfer learning (lecture 06): pretrained backbones, new heads, freezing, cached features.
+"""Transfer learning (lecture 07): pretrained backbones, new heads, freezing, cached features.
 
 The recipe: take a network pretrained on a big dataset (ImageNet), replace its last layer
 (the *head*) with one for your classes, and train as little of it as your data allows:

@@ -1,4 +1,4 @@
-"""The lecture 05 self-checks: they pass correct code and explain typical mistakes."""
+"""The lecture 06 self-checks: they pass correct code and explain typical mistakes."""
 
 from __future__ import annotations
 

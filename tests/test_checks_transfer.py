@@ -1,4 +1,4 @@
-"""The lecture 06 self-checks: they pass correct solutions and say what is wrong with typical mistakes."""
+"""The lecture 07 self-checks: they pass correct solutions and say what is wrong with typical mistakes."""
 
 from __future__ import annotations
 

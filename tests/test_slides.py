@@ -37,8 +37,8 @@ LECTURES = [
     "02_autograd",
     "03_nn_module",
     "04_training_tricks",
-    "05_batchnorm",
-    "06_finetuning_resnet",
+    "06_batchnorm",
+    "07_finetuning_resnet",
 ]
 DECKS = {path.stem: parse_deck(path) for path in deck_paths()}
 TOPICS = yaml.safe_load((SLIDES / "topics.yaml").read_text(encoding="utf-8"))

@@ -599,12 +599,12 @@ def fig_04_lr_schedules() -> plt.Figure:
 
 
 # --------------------------------------------------------------------------------------
-# 05 Batch normalization
+# 06 Batch normalization
 # --------------------------------------------------------------------------------------
 
 
 @figure
-def fig_05_bn_stats() -> plt.Figure:
+def fig_06_bn_stats() -> plt.Figure:
     torch.manual_seed(0)
     x = torch.randn(512, 64) * 3 + 2  # inputs that are neither centred nor scaled
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
@@ -631,7 +631,7 @@ def fig_05_bn_stats() -> plt.Figure:
 
 
 @figure
-def fig_05_bn_training() -> plt.Figure:
+def fig_06_bn_training() -> plt.Figure:
     train, val = _spiral_task()
     histories = {}
     for batch_norm in (False, True):
@@ -652,12 +652,12 @@ def fig_05_bn_training() -> plt.Figure:
 
 
 # --------------------------------------------------------------------------------------
-# 06 Transfer learning
+# 07 Transfer learning
 # --------------------------------------------------------------------------------------
 
 
 @figure
-def fig_06_residual_block() -> plt.Figure:
+def fig_07_residual_block() -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     boxes = [(1.0, "conv 3x3"), (2.0, "BN + ReLU"), (3.0, "conv 3x3"), (4.0, "BN")]
     for y, text in boxes:
@@ -683,7 +683,7 @@ def fig_06_residual_block() -> plt.Figure:
 
 
 @figure
-def fig_06_resnet_stages() -> plt.Figure:
+def fig_07_resnet_stages() -> plt.Figure:
     from torchvision.models import resnet18
 
     model = resnet18(weights=None, num_classes=2)  # the architecture only: counts need no weights

@@ -15,7 +15,7 @@ Each notebook carries its own run settings in its metadata, under ``"pdl"``:
 ``--mode fast`` injects ``fast_parameters`` after the cell tagged ``parameters`` (papermill's
 convention); ``--mode full`` runs the notebook's own defaults. With ``PDL_OFFLINE=1`` (no
 internet, as in CI), ``offline_parameters`` are injected too, in either mode: they replace a
-default that needs a download (lecture 06's ImageNet weights) with a copy from the data mirror. After the last cell, the
+default that needs a download (lecture 07's ImageNet weights) with a copy from the data mirror. After the last cell, the
 ``results`` and ``checks`` are evaluated *in the notebook's kernel*, so the numbers checked
 are the ones the notebook printed. Executed copies go to ``build/notebooks/<mode>/`` with a
 ``report.json`` of times, results and check outcomes.

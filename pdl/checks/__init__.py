@@ -10,8 +10,8 @@ prints a short success line or what is wrong, and returns True/False:
 - ``pdl.checks.autograd``: lecture 02
 - ``pdl.checks.modules``: lecture 03
 - ``pdl.checks.training_tricks``: lecture 04
-- ``pdl.checks.batchnorm``: lecture 05
-- ``pdl.checks.transfer``: lecture 06
+- ``pdl.checks.batchnorm``: lecture 06
+- ``pdl.checks.transfer``: lecture 07
 
 Every check is also available directly as ``pdl.checks.check_...``.
 """

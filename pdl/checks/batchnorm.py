@@ -1,4 +1,4 @@
-"""Self-checks for lecture 05 (batch normalization).
+"""Self-checks for lecture 06 (batch normalization).
 
 Each check runs your code next to the reference in ``pdl.batchnorm`` on fresh random inputs,
 prints one line (a success line, or what is wrong and a hint why) and returns True/False.

@@ -1,4 +1,4 @@
-"""Self-checks for lecture 06 (transfer learning): freezing a backbone, building parameter groups.
+"""Self-checks for lecture 07 (transfer learning): freezing a backbone, building parameter groups.
 
 Each check builds fresh torchvision models (random weights, so nothing is downloaded), runs
 your function on them, and says exactly which parameter is wrong.
