@@ -63,7 +63,7 @@ def test_two_layer_backward_wrong_return_and_stub(capsys):
         raise NotImplementedError
 
     assert check_two_layer_backward(stub) is False
-    assert "not implemented yet" in last_line(capsys)
+    assert "not attempted yet" in last_line(capsys)
 
 
 def test_two_layer_backward_in_place_change_of_an_input(capsys):

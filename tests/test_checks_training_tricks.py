@@ -157,7 +157,7 @@ def test_momentum_reports_the_stub_and_a_wrong_return(failing):
     def stub(param, grad, velocity, lr, momentum):
         raise NotImplementedError
 
-    failing(check_sgd_momentum, stub, "not implemented yet")
+    failing(check_sgd_momentum, stub, "not attempted yet")
     failing(check_sgd_momentum, lambda p, g, v, lr, m: p - lr * g, "return a tuple (new_param, new_velocity), got Tensor")
 
 

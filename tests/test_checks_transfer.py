@@ -31,7 +31,7 @@ def test_freeze_reports_the_stub(capsys):
         raise NotImplementedError
 
     assert check_freeze_all_but_head(stub) is False
-    assert "not implemented yet" in capsys.readouterr().out
+    assert "not attempted yet" in capsys.readouterr().out
 
 
 def test_freeze_reports_a_body_that_still_trains(capsys):

@@ -17,7 +17,9 @@ convention); ``--mode full`` runs the notebook's own defaults. With ``PDL_OFFLIN
 internet, as in CI), ``offline_parameters`` are injected too, in either mode: they replace a
 default that needs a download (lecture 07's ImageNet weights) with a copy from the data mirror. After the last cell, the
 ``results`` and ``checks`` are evaluated *in the notebook's kernel*, so the numbers checked
-are the ones the notebook printed. Executed copies go to ``build/notebooks/<mode>/`` with a
+are the ones the notebook printed. Built into every run: each exercise's stub was checked
+and has a worked solution, every worked solution (``solution=True``) passes, and the stubs as
+shipped are "not attempted" (``pdl.checks.answers()``). Executed copies go to ``build/notebooks/<mode>/`` with a
 ``report.json`` of times, results and check outcomes.
 
     python tools/run_notebooks.py --mode fast                 # every notebook
@@ -54,6 +56,7 @@ class NotebookRun:
     results: dict[str, object] = field(default_factory=dict)
     failed_checks: list[str] = field(default_factory=list)
     passed_checks: list[str] = field(default_factory=list)
+    exercises: dict[str, str] = field(default_factory=dict)  # exercise -> verdict on the stub
     error: str | None = None
 
     @property
@@ -144,6 +147,16 @@ for _check in %(checks)r:
         _out["checks"][_check] = bool(eval(_check))
     except Exception as _error:
         _out["checks"][_check] = "error: %%s" %% _error
+import pdl.checks as _checks
+_answers, _solutions = _checks.answers(), _checks.solutions()
+_out["exercises"] = {_name: _verdict.status for _name, _verdict in _answers.items()}
+# Built into every run: each exercise's stub was checked and has a worked solution; every
+# solution passes its check; and the stubs as shipped pass nothing, so the tally reports
+# the student's answers, not the hidden solutions.
+_out["checks"]["every exercise has a checked stub and a worked solution"] = sorted(_answers) == sorted(_solutions)
+_out["checks"]["every worked solution passes its self-check"] = all(_v.passed for _v in _solutions.values())
+_out["checks"]["the shipped stubs are reported as not attempted"] = all(
+    _v.status == "not attempted" for _v in _answers.values())
 print("PDL-RESULTS " + _json.dumps(_out))
 """
 
@@ -160,6 +173,7 @@ def _evaluate(client: NotebookClient, index: int, config: dict, mode: str, run: 
     text = "".join(o.get("text", "") for o in probe.outputs if o.get("output_type") == "stream")
     line = next(ln for ln in text.splitlines() if ln.startswith("PDL-RESULTS "))
     probed = json.loads(line.removeprefix("PDL-RESULTS "))
+    run.exercises = probed["exercises"]
     for check, outcome in probed["checks"].items():
         (run.passed_checks if outcome is True else run.failed_checks).append(
             check if outcome in (True, False) else f"{check} ({outcome})"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pdl.checks.core import call_safely, close, compare_tensors, report, unpack
+from pdl.checks.core import call_safely, close, compare_tensors, exercise, report, unpack
 
 __all__ = ["check_sigmoid_function", "check_training_loop", "check_two_layer_backward"]
 
@@ -98,6 +98,7 @@ def _diagnose_gradient(name: str, got: Any, expected: torch.Tensor, no_mask: tor
     return compare_tensors(got, expected, name=name, **_GRAD_TOL) or f"{name} is wrong"
 
 
+@exercise
 def check_two_layer_backward(backward_fn: Callable) -> bool:
     """Check a hand-written backward pass of the two-layer ReLU net with biases.
 
@@ -145,6 +146,7 @@ def check_two_layer_backward(backward_fn: Callable) -> bool:
 # --------------------------------------------------------------------------------------
 
 
+@exercise
 def check_sigmoid_function(function_class: Any) -> bool:
     """Check a custom ``torch.autograd.Function`` that computes the sigmoid 1 / (1 + exp(-x)).
 
@@ -257,6 +259,7 @@ def _fresh_copy(inputs: dict[str, Any]) -> dict[str, Any]:
             for k, v in inputs.items()}
 
 
+@exercise
 def check_training_loop(train_fn: Callable) -> bool:
     """Check a training loop that updates ``w1`` and ``w2`` in place with their gradients.
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pdl.batchnorm import BatchNorm, _per_channel, batch_norm, batch_norm_statistics, fold_batchnorm
-from pdl.checks.core import call_safely, close, compare_tensors, report
+from pdl.checks.core import call_safely, close, compare_tensors, exercise, report
 
 __all__ = ["check_batchnorm_forward", "check_batchnorm_module", "check_fold_batchnorm"]
 
@@ -77,6 +77,7 @@ def _normalize_over(x: torch.Tensor, dims: list[int], gamma: torch.Tensor, beta:
     return _per_channel(gamma, x) * (x - mean) / torch.sqrt(var + eps) + _per_channel(beta, x)
 
 
+@exercise
 def check_batchnorm_forward(fn: Callable, *, seed: int = 0) -> bool:
     """Check ``fn(x, gamma, beta, eps=1e-5)``: batch norm's training-mode forward pass.
 
@@ -153,6 +154,7 @@ def _attribute(module: nn.Module, names: tuple[str, ...]) -> torch.Tensor | None
     return None
 
 
+@exercise
 def check_batchnorm_module(cls: type, *, seed: int = 0) -> bool:
     """Check a batch-norm layer class ``cls(num_features)`` against ``pdl.batchnorm.BatchNorm``.
 
@@ -297,6 +299,7 @@ def _compare_running(layer, reference, previous, x, batch: int) -> str | None:
 # --------------------------------------------------------------------------------------
 
 
+@exercise
 def check_fold_batchnorm(fn: Callable, *, seed: int = 0) -> bool:
     """Check ``fn(conv, bn) -> nn.Conv2d``: one convolution equal to ``bn(conv(x))`` in eval mode.
 

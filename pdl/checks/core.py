@@ -1,19 +1,48 @@
-"""The building blocks every self-check uses: compare, call safely, report.
+"""The building blocks every self-check uses: compare, call safely, report, and the tally.
 
 A check never crashes on a student's mistake. It calls the student's code, compares the
 result with a reference on fresh inputs, prints one line (a success line, or what is wrong
 and what was expected) and returns True or False, so a notebook cell can also ``assert`` it.
+
+Every check is decorated with ``@exercise``, which remembers its verdict on *your* answer
+(passed, failed, not attempted) for ``tally()`` at the end of a notebook and for grading.
+A worked solution is checked with ``solution=True``: it is judged and printed the same way,
+but kept apart, so the tally never counts the hidden solutions as your work.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 PASS = "\u2705"  # a green tick
 FAIL = "\u274c"  # a red cross
+TODO = "\u2b1c"  # a white square: not attempted yet
+
+# The message of a stub that still raises its bare NotImplementedError.
+NOT_ATTEMPTED = "not attempted yet (the stub still raises NotImplementedError)"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One check's judgement of one answer: ``status`` is "passed", "failed" or "not attempted"."""
+
+    status: str
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+# Verdicts by exercise (the check's name without "check_"), in the order first checked.
+_answers: dict[str, Verdict] = {}  # your own answers
+_solutions: dict[str, Verdict] = {}  # the worked solutions, checked with solution=True
+_last_report: Verdict | None = None  # what the running check reported last
 
 
 def report(title: str, problem: str | None) -> bool:
@@ -27,11 +56,115 @@ def report(title: str, problem: str | None) -> bool:
         ❌ matmul: shape (2, 3), expected (3, 2)
         False
     """
+    global _last_report
     if problem is None:
+        _last_report = Verdict("passed")
         print(f"{PASS} {title}: correct")
         return True
-    print(f"{FAIL} {title}: {problem}")
+    _last_report = Verdict("not attempted" if NOT_ATTEMPTED in problem else "failed", problem)
+    print(f"{TODO if _last_report.status == 'not attempted' else FAIL} {title}: {problem}")
     return False
+
+
+def exercise(check: Callable[..., bool]) -> Callable[..., bool]:
+    """Decorator for a self-check: record its verdict, and never let it raise.
+
+    The decorated check takes one more keyword, ``solution``: ``check(answer)`` records the
+    verdict on your answer (what ``tally()`` reports); ``check(answer, solution=True)`` is
+    how a notebook's worked solution is checked, recorded apart from yours.
+
+    Example:
+        >>> @exercise
+        ... def check_double(fn):
+        ...     result, problem = call_safely(fn, 2)
+        ...     return report("double", problem or (None if result == 4 else f"got {result!r}, expected 4"))
+        >>> check_double(lambda x: x + x)
+        ✅ double: correct
+        True
+        >>> answers()["double"]
+        Verdict(status='passed', message='')
+        >>> _ = check_double(lambda x: x * x, solution=True)  # a solution: not your answer
+        ✅ double: correct
+        >>> forget()
+    """
+    name = check.__name__.removeprefix("check_")
+
+    @functools.wraps(check)
+    def run(answer: Any, *args: Any, solution: bool = False, **kwargs: Any) -> bool:
+        global _last_report
+        _last_report = None
+        try:
+            passed = bool(check(answer, *args, **kwargs))
+        except Exception as error:  # a bug in the check itself: still no traceback for the student
+            passed = report(
+                name.replace("_", " "),
+                f"the check could not judge this answer ({type(error).__name__}: {error}); "
+                "compare your code with the task, and tell the course staff",
+            )
+        verdict = _last_report or Verdict("passed" if passed else "failed")
+        (_solutions if solution else _answers)[name] = verdict
+        return passed
+
+    return run
+
+
+def answers() -> dict[str, Verdict]:
+    """The verdicts on your own answers checked in this session, by exercise name.
+
+    Example:
+        >>> forget(); answers()
+        {}
+    """
+    return dict(_answers)
+
+
+def solutions() -> dict[str, Verdict]:
+    """The verdicts on the worked solutions (checked with ``solution=True``), by exercise name.
+
+    Example:
+        >>> forget(); solutions()
+        {}
+    """
+    return dict(_solutions)
+
+
+def forget() -> None:
+    """Forget every recorded verdict (a fresh start; the tests use it).
+
+    Example:
+        >>> forget(); answers(), solutions()
+        ({}, {})
+    """
+    _answers.clear()
+    _solutions.clear()
+
+
+def tally() -> dict[str, Verdict]:
+    """Print the verdict on each of your answers checked so far, and how many passed.
+
+    Only your own answers count: the worked solutions (checked with ``solution=True``) are
+    not in it. End the call with ``;`` in a notebook so the returned dict is not echoed.
+
+    Example:
+        >>> forget()
+        >>> tally()
+        No exercise has been checked yet in this session.
+        {}
+    """
+    if not _answers:
+        print("No exercise has been checked yet in this session.")
+        return {}
+    symbols = {"passed": PASS, "failed": FAIL, "not attempted": TODO}
+    for name, verdict in _answers.items():
+        detail = f": {verdict.message}" if verdict.status == "failed" else ""
+        print(f"{symbols[verdict.status]} {name}: {verdict.status}{detail}")
+    passed = sum(v.passed for v in _answers.values())
+    attempted = sum(v.status != "not attempted" for v in _answers.values())
+    print(
+        f"Your answers: {passed} of {len(_answers)} exercises passed ({attempted} attempted). "
+        "The worked solutions are not counted."
+    )
+    return answers()
 
 
 def call_safely(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
@@ -40,13 +173,21 @@ def call_safely(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, str | Non
     Example:
         >>> call_safely(lambda x: 1 / x, 0)
         (None, 'your code raised ZeroDivisionError: division by zero')
+        >>> def stub(x):
+        ...     raise NotImplementedError
+        >>> call_safely(stub, 0)
+        (None, 'not attempted yet (the stub still raises NotImplementedError)')
     """
     if not callable(fn):
         return None, f"expected a function, got {type(fn).__name__}"
     try:
         return fn(*args, **kwargs), None
-    except NotImplementedError:
-        return None, "not implemented yet (the stub still raises NotImplementedError)"
+    except NotImplementedError as error:
+        if not error.args:  # the stub's own bare `raise NotImplementedError`
+            return None, NOT_ATTEMPTED
+        # PyTorch raises NotImplementedError with a message ("... not implemented for 'Long'")
+        # when an operation gets a dtype it cannot handle: that is an attempt, and a mistake.
+        return None, f"your code raised NotImplementedError: {error}"
     except Exception as error:  # the student's error, reported instead of raised
         return None, f"your code raised {type(error).__name__}: {error}"
 

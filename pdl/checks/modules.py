@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdl.checks.core import as_number, call_safely, close, compare_tensors, report
+from pdl.checks.core import as_number, call_safely, close, compare_tensors, exercise, report
 
 __all__ = ["check_accuracy", "check_cross_entropy", "check_product_block", "check_train_step"]
 
@@ -29,6 +29,7 @@ def _near(a: float, b: float, tol: float = 1e-5) -> bool:
 # --------------------------------------------------------------------------------------
 
 
+@exercise
 def check_product_block(block_class: Any) -> bool:
     """Check ``ProductBlock(in_features, out_features)``: two parallel ``nn.Linear``, outputs multiplied.
 
@@ -96,6 +97,7 @@ def check_product_block(block_class: Any) -> bool:
 # --------------------------------------------------------------------------------------
 
 
+@exercise
 def check_cross_entropy(cross_entropy_fn: Callable) -> bool:
     """Check a hand-written cross-entropy: ``cross_entropy_fn(logits, targets)`` -> mean loss.
 
@@ -200,6 +202,7 @@ def _reference_step(*, train_mode: bool = True, zero_grad: bool = True) -> tuple
     return _parameters(model), loss.item()
 
 
+@exercise
 def check_train_step(train_step: Callable) -> bool:
     """Check ``train_step(model, inputs, targets, loss_fn, optimizer)``: one full training step.
 
@@ -260,6 +263,7 @@ def check_train_step(train_step: Callable) -> bool:
 # --------------------------------------------------------------------------------------
 
 
+@exercise
 def check_accuracy(accuracy_fn: Callable) -> bool:
     """Check ``accuracy_fn(logits, targets)``: the fraction (0..1) of samples classified correctly.
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pdl.checks.core import as_number, call_safely, compare_tensors, report, unpack
+from pdl.checks.core import as_number, call_safely, compare_tensors, exercise, report, unpack
 
 __all__ = [
     "check_accuracy_from_logits",
@@ -74,6 +74,7 @@ def _compare_arrays(got: Any, expected: np.ndarray, name: str, atol: float = 1e-
 # --------------------------------------------------------------------------------------
 
 
+@exercise
 def check_linear_backward(linear_backward: Callable) -> bool:
     """Check ``linear_backward(x, weight, grad_out) -> (grad_x, grad_weight, grad_bias)``.
 
@@ -122,6 +123,7 @@ def _softmax_ce_reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return logits.grad
 
 
+@exercise
 def check_softmax_ce_grad(softmax_ce_grad: Callable) -> bool:
     """Check ``softmax_ce_grad(logits, labels)``: the gradient of the mean cross-entropy loss.
 
@@ -169,6 +171,7 @@ def check_softmax_ce_grad(softmax_ce_grad: Callable) -> bool:
 # --------------------------------------------------------------------------------------
 
 
+@exercise
 def check_arange_matrix(arange_matrix: Callable) -> bool:
     """Check ``arange_matrix(rows, cols)``: a float32 (rows, cols) tensor holding 0, 1, 2, ... row by row.
 
@@ -194,6 +197,7 @@ def check_arange_matrix(arange_matrix: Callable) -> bool:
     return report(title, None)
 
 
+@exercise
 def check_channels_last(channels_last: Callable) -> bool:
     """Check ``channels_last(images)``: (N, C, H, W) images rearranged to (N, H, W, C).
 
@@ -216,6 +220,7 @@ def check_channels_last(channels_last: Callable) -> bool:
     return report(title, problem)
 
 
+@exercise
 def check_replace_below(replace_below: Callable) -> bool:
     """Check ``replace_below(x, threshold, value)``: a new tensor with entries < threshold set to value.
 
@@ -249,6 +254,7 @@ def check_replace_below(replace_below: Callable) -> bool:
     return report(title, problem)
 
 
+@exercise
 def check_standardize_columns(standardize_columns: Callable) -> bool:
     """Check ``standardize_columns(x)``: each column (feature) of (N, D) ``x`` shifted to mean 0 and scaled to std 1.
 
@@ -281,6 +287,7 @@ def check_standardize_columns(standardize_columns: Callable) -> bool:
     return report(title, problem)
 
 
+@exercise
 def check_accuracy_from_logits(accuracy: Callable) -> bool:
     """Check ``accuracy(logits, labels)``: the fraction of rows whose largest logit is at the label.
 
@@ -320,6 +327,7 @@ def check_accuracy_from_logits(accuracy: Callable) -> bool:
     return report(title, problem)
 
 
+@exercise
 def check_linear_matmul(linear: Callable) -> bool:
     """Check ``linear(x, weight, bias)``: ``x @ weight.T + bias``, what ``nn.Linear`` computes.
 
@@ -343,6 +351,7 @@ def check_linear_matmul(linear: Callable) -> bool:
     return report(title, problem)
 
 
+@exercise
 def check_scale_inplace(scale_: Callable) -> bool:
     """Check ``scale_(x, factor)``: multiplies ``x`` by ``factor`` in place and returns ``x`` itself.
 
@@ -374,6 +383,7 @@ def check_scale_inplace(scale_: Callable) -> bool:
     return report(title, None)
 
 
+@exercise
 def check_shares_memory(to_numpy: Callable) -> bool:
     """Check ``to_numpy(t)``: a NumPy array that shares memory with the CPU tensor ``t`` (no copy).
 
@@ -404,6 +414,7 @@ def check_shares_memory(to_numpy: Callable) -> bool:
     return report(title, None)
 
 
+@exercise
 def check_zeros_like_device(zeros_on_same_device: Callable) -> bool:
     """Check ``zeros_on_same_device(x, shape)``: zeros of ``shape`` with ``x``'s dtype and device.
 
@@ -443,6 +454,7 @@ def check_zeros_like_device(zeros_on_same_device: Callable) -> bool:
     return report(title, None)
 
 
+@exercise
 def check_xyz_gradients(xyz_gradients: Callable) -> bool:
     """Check ``xyz_gradients(x, y, z) -> (grad_x, grad_y, grad_z)`` for ``c = sum(x * y + z)``, by hand in NumPy.
 

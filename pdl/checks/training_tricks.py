@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pdl.checks.core import call_safely, close, compare_tensors, report, unpack
+from pdl.checks.core import NOT_ATTEMPTED, call_safely, close, compare_tensors, exercise, report, unpack
 
 __all__ = ["check_kaiming_init", "check_sgd_momentum", "check_standardize"]
 
@@ -44,6 +44,7 @@ def _standardized_both_ways(
     return tuple((x - mean) / source.std(dim=dims, keepdim=True, correction=c) for c in (0, 1))
 
 
+@exercise
 def check_standardize(fn: Callable, *, seed: int = 0) -> bool:
     """Check ``fn(train, test) -> (train_standardized, test_standardized)`` for ``(N, C, H, W)`` images.
 
@@ -112,6 +113,7 @@ def _standardize_hint(got: object, train: torch.Tensor) -> str | None:
 # --------------------------------------------------------------------------------------
 
 
+@exercise
 def check_kaiming_init(fn: Callable, *, seed: int = 0) -> bool:
     """Check ``fn(layer)``: it re-initializes an ``nn.Linear`` in place for a ReLU network.
 
@@ -226,6 +228,7 @@ _KNOWN_MISTAKES: dict[str, Callable] = {
 }
 
 
+@exercise
 def check_sgd_momentum(fn: Callable, *, seed: int = 0) -> bool:
     """Check ``fn(param, grad, velocity, lr, momentum) -> (new_param, new_velocity)`` against PyTorch.
 
@@ -256,7 +259,7 @@ def check_sgd_momentum(fn: Callable, *, seed: int = 0) -> bool:
         for i, name in enumerate(("weight", "bias")):
             result, error = call_safely(fn, current[i].clone(), grads[i].clone(), velocities[i].clone(), _LR, _MOMENTUM)
             if error:
-                where = "" if error.startswith("not implemented") else f"step {step}, {name}: "
+                where = "" if error == NOT_ATTEMPTED else f"step {step}, {name}: "
                 return report(title, where + error)
             pair, problem = unpack(result, ("new_param", "new_velocity"))
             if problem:

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pdl.checks.core import call_safely, report
+from pdl.checks.core import call_safely, exercise, report
 from pdl.transfer import _under, head_name, replace_head, stages, train_from
 
 __all__ = ["check_freeze_all_but_head", "check_param_groups"]
@@ -30,6 +30,7 @@ def _models() -> dict[str, nn.Module]:
     return models
 
 
+@exercise
 def check_freeze_all_but_head(freeze_all_but_head: Callable[[nn.Module], object]) -> bool:
     """Check ``freeze_all_but_head(model)``: afterwards only the head's parameters are trainable.
 
@@ -71,6 +72,7 @@ def check_freeze_all_but_head(freeze_all_but_head: Callable[[nn.Module], object]
     return report(title, None)
 
 
+@exercise
 def check_param_groups(make_param_groups: Callable[[nn.Module, float, float], object]) -> bool:
     """Check ``make_param_groups(model, head_lr, body_lr)``: optimizer groups with two learning rates.
 
