@@ -9,11 +9,12 @@ Small modules, one concern each, meant to be read:
 - ``pdl.metrics``: torchmetrics classification metrics with the right ``task=``.
 - ``pdl.plot``: training curves, image grids, confusion matrices.
 - ``pdl.batchnorm``: batch normalization written out, and folding BN into a conv (lecture 06).
+- ``pdl.models``: networks built by hand in one lecture and reused in later ones (lecture 05's CNN).
 - ``pdl.checks``: self-checks for the notebook exercises.
 - ``pdl.transfer``: pretrained backbones, heads, freezing, cached features (lecture 07).
 """
 
-from pdl import batchnorm, checkpoint, checks, data, device, metrics, plot, train, transfer
+from pdl import batchnorm, checkpoint, checks, data, device, metrics, models, plot, train, transfer
 from pdl.device import get_device, precision_policy, seed_everything, to_device
 from pdl.train import History, evaluate, fit, predict, train_one_epoch
 
@@ -30,6 +31,7 @@ __all__ = [
     "fit",
     "get_device",
     "metrics",
+    "models",
     "plot",
     "precision_policy",
     "predict",
