@@ -2,9 +2,41 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from pdl.checks import check_sigmoid_function, check_training_loop, check_two_layer_backward
+from pdl.checks import (
+    autograd,
+    check_sigmoid_function,
+    check_training_loop,
+    check_two_layer_backward,
+)
+
+# Answers no check can expect: each must be judged (one line, a failure), never crash the check.
+NONSENSE = {
+    "returns None": lambda *args, **kwargs: None,
+    "returns a string": lambda *args, **kwargs: "an answer",
+    "returns a float64 tensor": lambda *args, **kwargs: torch.zeros(2, 3, dtype=torch.float64),
+    "returns a tuple of Nones": lambda *args, **kwargs: (None, None, None, None),
+    "raises ValueError": lambda *args, **kwargs: (_ for _ in ()).throw(ValueError("a bug")),
+    "is not callable": 42,
+    "is a Module class": torch.nn.Linear,
+}
+
+
+@pytest.mark.parametrize("answer", NONSENSE, ids=list(NONSENSE))
+@pytest.mark.parametrize("name", autograd.__all__)
+def test_a_nonsense_answer_is_judged_not_raised(capsys, name, answer):
+    assert getattr(autograd, name)(NONSENSE[answer]) is False
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and out.startswith("❌"), out
+    assert "could not judge" not in out, f"{name} crashed on an answer that {answer}: {out}"
+
+
+def test_checks_leave_the_global_random_state_alone(leaves_global_rng_alone):
+    leaves_global_rng_alone(check_two_layer_backward, lambda *a: backward(*a))
+    leaves_global_rng_alone(check_sigmoid_function, make_sigmoid(lambda s, g: g * s * (1 - s)))
+    leaves_global_rng_alone(check_training_loop, loop)
 
 # --------------------------------------------------------------------------------------
 # check_two_layer_backward
@@ -31,6 +63,15 @@ def last_line(capsys) -> str:
 def test_two_layer_backward_correct(capsys):
     assert check_two_layer_backward(backward) is True
     assert last_line(capsys) == "✅ two-layer backward: correct"
+
+
+def test_two_layer_backward_pytorchs_own(capsys):
+    def with_autograd(x, y, w1, b1, w2, b2):
+        params = [t.clone().requires_grad_() for t in (w1, b1, w2, b2)]
+        loss = ((x @ params[0] + params[1]).relu() @ params[2] + params[3] - y).pow(2).sum()
+        return torch.autograd.grad(loss, params)
+
+    assert check_two_layer_backward(with_autograd) is True
 
 
 def test_two_layer_backward_missing_factor_two(capsys):
@@ -100,6 +141,37 @@ def make_sigmoid(backward_body):
 def test_sigmoid_function_correct(capsys):
     assert check_sigmoid_function(make_sigmoid(lambda s, g: g * s * (1 - s))) is True
     assert last_line(capsys) == "✅ custom sigmoid Function (gradcheck passed): correct"
+
+
+def test_sigmoid_function_pytorchs_own(capsys):
+    class TorchSigmoid(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            s = torch.sigmoid(x)
+            ctx.save_for_backward(s)
+            return s
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (s,) = ctx.saved_tensors
+            return torch.ops.aten.sigmoid_backward(grad_output, s)  # PyTorch's own derivative
+
+    assert check_sigmoid_function(TorchSigmoid) is True
+
+
+def test_sigmoid_function_forgets_to_save(capsys):
+    class Unsaved(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return torch.sigmoid(x)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (s,) = ctx.saved_tensors
+            return grad_output * s * (1 - s)
+
+    assert check_sigmoid_function(Unsaved) is False
+    assert "ctx.save_for_backward(s)" in last_line(capsys)
 
 
 def test_sigmoid_function_forgets_the_chain_rule(capsys):
@@ -202,3 +274,127 @@ def test_training_loop_wrong_losses(capsys):
 
     assert check_training_loop(shifted) is False
     assert "losses is wrong at index (0,)" in last_line(capsys)
+
+
+def test_training_loop_pytorchs_own_optimizer(capsys):
+    def with_sgd(w1, w2, x, y, learning_rate, steps):
+        optimizer = torch.optim.SGD([w1, w2], lr=learning_rate)
+        losses = []
+        for _ in range(steps):
+            loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+            losses.append(loss.item())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return losses
+
+    assert check_training_loop(with_sgd) is True
+
+
+def test_training_loop_zeroes_before_the_first_backward(capsys):
+    # .grad is None until the first backward(): w1.grad.zero_() there raises AttributeError.
+    def zero_first(w1, w2, x, y, learning_rate, steps):
+        losses = []
+        for _ in range(steps):
+            w1.grad.zero_()
+            w2.grad.zero_()
+            loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+            losses.append(loss.item())
+            loss.backward()
+            with torch.no_grad():
+                w1 -= learning_rate * w1.grad
+                w2 -= learning_rate * w2.grad
+        return losses
+
+    assert check_training_loop(zero_first) is False
+    out = last_line(capsys)
+    assert "AttributeError" in out and ".grad is None until the first backward()" in out
+
+
+def test_training_loop_rebinds_inside_no_grad(capsys):
+    # The second step fails (RuntimeError: no grad_fn): the hint names the rebinding, not the error alone.
+    def rebinds(w1, w2, x, y, learning_rate, steps):
+        losses = []
+        for _ in range(steps):
+            loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+            losses.append(loss.item())
+            loss.backward()
+            with torch.no_grad():
+                w1 = w1 - learning_rate * w1.grad
+                w2 = w2 - learning_rate * w2.grad
+        return losses
+
+    assert check_training_loop(rebinds) is False
+    out = last_line(capsys)
+    assert "w1 and w2 did not change in place" in out and "w1 -= learning_rate * w1.grad" in out
+    assert "requires_grad=False" in out and "RuntimeError" in out
+
+
+def test_training_loop_rebinds_only_w1(capsys):
+    def rebinds_w1(w1, w2, x, y, learning_rate, steps):
+        losses = []
+        for _ in range(steps):
+            loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+            losses.append(loss.item())
+            loss.backward()
+            with torch.no_grad():
+                w1 = w1 - learning_rate * w1.grad  # w1.grad of the new tensor is None next step
+                w2 -= learning_rate * w2.grad
+            w2.grad.zero_()
+        return losses
+
+    assert check_training_loop(rebinds_w1) is False
+    out = last_line(capsys)
+    assert out.startswith("❌ training loop: w1 did not change in place") and "TypeError" in out
+
+
+def zeroes_only(name):
+    def train(w1, w2, x, y, learning_rate, steps):
+        losses = []
+        for _ in range(steps):
+            loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+            losses.append(loss.item())
+            loss.backward()
+            with torch.no_grad():
+                w1 -= learning_rate * w1.grad
+                w2 -= learning_rate * w2.grad
+            {"w1": w1, "w2": w2}[name].grad.zero_()
+        return losses
+
+    return train
+
+
+def test_training_loop_zeroes_only_w1(capsys):
+    # The bug is in w2 (its gradients pile up), although both weights end up wrong.
+    assert check_training_loop(zeroes_only("w1")) is False
+    out = last_line(capsys)
+    assert "w2's gradients pile up" in out and "not w2.grad" in out
+
+
+def test_training_loop_zeroes_only_w2(capsys):
+    assert check_training_loop(zeroes_only("w2")) is False
+    assert "w1's gradients pile up" in last_line(capsys)
+
+
+def test_training_loop_adds_the_gradient(capsys):
+    def climbs(w1, w2, x, y, learning_rate, steps):
+        return loop(w1, w2, x, y, -learning_rate, steps)
+
+    assert check_training_loop(climbs) is False
+    assert "moved uphill" in last_line(capsys)
+
+
+def test_training_loop_zeroes_between_backward_and_update(capsys):
+    def zero_too_early(w1, w2, x, y, learning_rate, steps):
+        for _ in range(steps):
+            loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+            loss.backward()
+            w1.grad.zero_()
+            w2.grad.zero_()
+            with torch.no_grad():
+                w1 -= learning_rate * w1.grad
+                w2 -= learning_rate * w2.grad
+        return []
+
+    assert check_training_loop(zero_too_early) is False
+    assert "not between backward() and the update" in last_line(capsys)

@@ -49,6 +49,27 @@ def test_a_check_leaves_the_global_random_state_alone(capsys, name):
     assert torch.equal(torch.rand(3), expected)
 
 
+# Answers no check can expect: each must be judged (one line, a failure), never crash the check.
+NONSENSE = {
+    "returns None": lambda *args, **kwargs: None,
+    "returns a string": lambda *args, **kwargs: "an answer",
+    "returns NaN": lambda *args, **kwargs: float("nan"),
+    "returns a float64 tensor": lambda *args, **kwargs: torch.zeros(2, 3, dtype=torch.float64),
+    "returns a NumPy scalar": lambda *args, **kwargs: np.float64(1.0),
+    "returns a tuple of Nones": lambda *args, **kwargs: (None, None, None),
+    "raises ValueError": lambda *args, **kwargs: (_ for _ in ()).throw(ValueError("a bug")),
+    "is not callable": 42,
+}
+
+
+@pytest.mark.parametrize("answer", NONSENSE, ids=list(NONSENSE))
+@pytest.mark.parametrize("name", tensors.__all__)
+def test_a_nonsense_answer_is_judged_not_raised(capsys, name, answer):
+    result, out = run(capsys, getattr(tensors, name), NONSENSE[answer])
+    assert result is False and out.startswith("❌"), out
+    assert "could not judge" not in out, f"{name} crashed on an answer that {answer}: {out}"
+
+
 # --- lecture 00 -----------------------------------------------------------------------
 
 
@@ -56,8 +77,17 @@ def linear_backward(x, weight, grad_out):
     return grad_out @ weight, grad_out.T @ x, grad_out.sum(axis=0)
 
 
+def linear_backward_with_autograd(x, weight, grad_out):
+    """PyTorch's own answer: let autograd differentiate F.linear."""
+    x_t, w_t = torch.from_numpy(x).requires_grad_(), torch.from_numpy(weight).requires_grad_()
+    b_t = torch.zeros(weight.shape[0], dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.linear(x_t, w_t, b_t).backward(torch.from_numpy(grad_out))
+    return x_t.grad.numpy(), w_t.grad.numpy(), b_t.grad.numpy()
+
+
 def test_linear_backward(capsys):
     assert run(capsys, checks.check_linear_backward, linear_backward) == (True, "✅ linear backward: correct")
+    assert run(capsys, checks.check_linear_backward, linear_backward_with_autograd)[0] is True
 
     # The bias gradient not summed over the batch: one row per example.
     result, out = run(capsys, checks.check_linear_backward, lambda x, w, g: (g @ w, g.T @ x, g))
@@ -81,6 +111,22 @@ def test_linear_backward(capsys):
     assert result is False and "grad_x should be a NumPy array, got Tensor" in out
 
 
+def test_linear_backward_bias_summed_over_everything(capsys):
+    # grad_out.sum() is a NumPy scalar (np.float64), not "not a NumPy array": say what it is.
+    result, out = run(capsys, checks.check_linear_backward, lambda x, w, g: (g @ w, g.T @ x, g.sum()))
+    assert result is False
+    assert "grad_bias is a single number, expected an array of shape (3,)" in out
+    assert "grad_out.sum(axis=0)" in out and "not a NumPy array" not in out
+
+
+def test_linear_backward_in_float32_passes(capsys):
+    # Right formulas, rounded to float32: within the tolerance, because the formula is what is judged.
+    def in_float32(x, w, g):
+        return tuple(a.astype(np.float32) for a in linear_backward(x, w, g))
+
+    assert run(capsys, checks.check_linear_backward, in_float32)[0] is True
+
+
 def softmax_ce_grad(logits, labels):
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
@@ -88,11 +134,19 @@ def softmax_ce_grad(logits, labels):
     return p / len(labels)
 
 
+def softmax_ce_grad_with_autograd(logits, labels):
+    """PyTorch's own answer: the gradient of F.cross_entropy, by autograd."""
+    logits_t = torch.from_numpy(logits).requires_grad_()
+    torch.nn.functional.cross_entropy(logits_t, torch.from_numpy(labels)).backward()
+    return logits_t.grad.numpy()
+
+
 def test_softmax_ce_grad(capsys):
     assert run(capsys, checks.check_softmax_ce_grad, softmax_ce_grad) == (
         True,
         "✅ softmax cross-entropy gradient: correct",
     )
+    assert run(capsys, checks.check_softmax_ce_grad, softmax_ce_grad_with_autograd)[0] is True
 
     def not_averaged(logits, labels):
         return softmax_ce_grad(logits, labels) * len(labels)
@@ -150,6 +204,10 @@ def test_arange_matrix(capsys):
 
 def test_channels_last(capsys):
     assert run(capsys, checks.check_channels_last, lambda x: x.permute(0, 2, 3, 1)) == (True, "✅ channels last: correct")
+    assert run(capsys, checks.check_channels_last, lambda x: x.movedim(1, -1))[0] is True  # PyTorch's own
+    # Swapping C and W moves two axes at once.
+    result, out = run(capsys, checks.check_channels_last, lambda x: x.transpose(1, 3))
+    assert result is False and "shape (2, 5, 4, 3), expected (2, 4, 5, 3)" in out
     # A non-contiguous answer is fine; so is a contiguous copy.
     assert run(capsys, checks.check_channels_last, lambda x: x.permute(0, 2, 3, 1).contiguous())[0] is True
 
@@ -186,6 +244,30 @@ def test_replace_below(capsys):
     result, out = run(capsys, checks.check_replace_below, lambda x, t, v: x[x >= t])
     assert result is False and "expected (4, 5)" in out
 
+    # A Python scalar in torch.where is fine: the result stays float32.
+    assert run(capsys, checks.check_replace_below, lambda x, t, v: torch.where(x < t, v, x))[0] is True
+
+
+def test_replace_below_is_strict(capsys):
+    # The check's input holds entries equal to the threshold: `<=` replaces them, `<` keeps them.
+    less_or_equal = lambda x, t, v: torch.where(x <= t, torch.full_like(x, v), x)  # noqa: E731
+    result, out = run(capsys, checks.check_replace_below, less_or_equal)
+    assert result is False and "got -1, expected 0.25" in out and "strictly below" in out
+
+
+def test_replace_below_float64_gets_a_dtype_hint(capsys):
+    # A float64 result with the right values: the hint is about the dtype, not about `<`.
+    as_double = lambda x, t, v: torch.where(x < t, torch.full_like(x, v), x).double()  # noqa: E731
+    result, out = run(capsys, checks.check_replace_below, as_double)
+    assert result is False and "dtype torch.float64, expected torch.float32" in out
+    assert "the values are right" in out and "strictly" not in out
+
+    def float64_constant(x, t, v):
+        return torch.where(x < t, torch.tensor(v, dtype=torch.float64), x.double())
+
+    result, out = run(capsys, checks.check_replace_below, float64_constant)
+    assert result is False and "keep x's dtype" in out
+
 
 def test_standardize_columns(capsys):
     good = lambda x: (x - x.mean(dim=0)) / x.std(dim=0)  # noqa: E731
@@ -204,10 +286,38 @@ def test_standardize_columns(capsys):
     result, out = run(capsys, checks.check_standardize_columns, lambda x: (x - x.mean(dim=1)) / x.std(dim=1))
     assert result is False and "your code raised RuntimeError" in out and "reduce over dim=0" in out
 
+    # Each column's mean, but one std for the whole matrix.
+    result, out = run(capsys, checks.check_standardize_columns, lambda x: (x - x.mean(dim=0)) / x.std())
+    assert result is False and "the column means are right" in out and "x.std(dim=0)" in out
+
+    # NumPy's default std is the population one (ddof=0): the hint names both conventions.
+    def with_numpy(x):
+        a = x.numpy()
+        return torch.from_numpy(((a - a.mean(axis=0)) / a.std(axis=0)).astype(np.float32))
+
+    result, out = run(capsys, checks.check_standardize_columns, with_numpy)
+    assert result is False and "population std" in out and "ddof=0" in out
+
+
+def test_standardize_columns_in_float64_is_judged_not_crashed(capsys):
+    # The issue: a float64 answer made the check itself raise "Double did not match Float".
+    double = lambda x: (x.double() - x.double().mean(dim=0)) / x.double().std(dim=0)  # noqa: E731
+    result, out = run(capsys, checks.check_standardize_columns, double)
+    assert result is False and "could not judge" not in out
+    assert "dtype torch.float64, expected torch.float32" in out and "the values are right" in out
+
+    population_double = lambda x: (x.double() - x.double().mean(dim=0)) / x.double().std(dim=0, correction=0)  # noqa: E731
+    result, out = run(capsys, checks.check_standardize_columns, population_double)
+    assert result is False and "could not judge" not in out and "dtype torch.float64" in out
+
 
 def test_accuracy_from_logits(capsys):
     good = lambda z, y: (z.argmax(dim=1) == y).float().mean()  # noqa: E731
     assert run(capsys, checks.check_accuracy_from_logits, good) == (True, "✅ accuracy from logits: correct")
+    from torchmetrics.functional import accuracy as torchmetrics_accuracy
+
+    library = lambda z, y: torchmetrics_accuracy(z, y, task="multiclass", num_classes=z.shape[1])  # noqa: E731
+    assert run(capsys, checks.check_accuracy_from_logits, library)[0] is True
     as_float = lambda z, y: (z.argmax(dim=1) == y).float().mean().item()  # noqa: E731
     assert run(capsys, checks.check_accuracy_from_logits, as_float)[0] is True
 
@@ -313,9 +423,17 @@ def test_zeros_like_device(capsys):
     assert result is False and "shape (4,), expected (2, 3)" in out
 
 
+def xyz_gradients_with_autograd(x, y, z):
+    """PyTorch's own answer: autograd on c = sum(x * y + z)."""
+    x_t, y_t, z_t = (torch.from_numpy(a).requires_grad_() for a in (x, y, z))
+    (x_t * y_t + z_t).sum().backward()
+    return x_t.grad.numpy(), y_t.grad.numpy(), z_t.grad.numpy()
+
+
 def test_xyz_gradients(capsys):
     good = lambda x, y, z: (y, x, np.ones_like(z))  # noqa: E731
     assert run(capsys, checks.check_xyz_gradients, good) == (True, "✅ gradients of c = sum(x * y + z): correct")
+    assert run(capsys, checks.check_xyz_gradients, xyz_gradients_with_autograd)[0] is True
 
     result, out = run(capsys, checks.check_xyz_gradients, lambda x, y, z: (x, y, np.ones_like(z)))
     assert result is False and "grad_x is wrong at index" in out and "dc/dx = y" in out

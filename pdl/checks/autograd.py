@@ -193,6 +193,8 @@ def check_sigmoid_function(function_class: Any) -> bool:
     grad_output = torch.randn(5, 4, generator=g, dtype=torch.float64)
     untouched = grad_output.clone()
     grads, error = call_safely(torch.autograd.grad, out, x, grad_output)
+    if error and "not enough values to unpack" in error:
+        error += " (backward unpacks ctx.saved_tensors: save what it needs in forward, ctx.save_for_backward(s))"
     if error:
         return report(title, f"backward: {error}")
     if not torch.equal(grad_output, untouched):
@@ -226,6 +228,9 @@ def check_sigmoid_function(function_class: Any) -> bool:
 # --------------------------------------------------------------------------------------
 
 
+_LOOP_LEARNING_RATE = 1e-3
+
+
 def _loop_inputs() -> dict[str, Any]:
     g = torch.Generator().manual_seed(5)
     n, d_in, h, d_out = 16, 12, 8, 3
@@ -234,12 +239,13 @@ def _loop_inputs() -> dict[str, Any]:
         "w2": torch.randn(h, d_out, generator=g, dtype=torch.float64).requires_grad_(),
         "x": torch.randn(n, d_in, generator=g, dtype=torch.float64),
         "y": torch.randn(n, d_out, generator=g, dtype=torch.float64),
-        "learning_rate": 1e-3,
+        "learning_rate": _LOOP_LEARNING_RATE,
         "steps": 6,
     }
 
 
-def _reference_loop(w1, w2, x, y, learning_rate, steps, zero_grad=True) -> list[float]:
+def _reference_loop(w1, w2, x, y, learning_rate, steps, zeroed=("w1", "w2")) -> list[float]:
+    """The loop as it should be; ``zeroed`` names the gradients it clears (a mistake leaves one out)."""
     losses = []
     for _ in range(steps):
         loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
@@ -248,15 +254,71 @@ def _reference_loop(w1, w2, x, y, learning_rate, steps, zero_grad=True) -> list[
         with torch.no_grad():
             w1 -= learning_rate * w1.grad
             w2 -= learning_rate * w2.grad
-            if zero_grad:
-                w1.grad.zero_()
-                w2.grad.zero_()
+            for name, weight in (("w1", w1), ("w2", w2)):
+                if name in zeroed:
+                    weight.grad.zero_()
     return losses
 
 
-def _fresh_copy(inputs: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.detach().clone().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
+def _fresh_copy(inputs: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    copy = {k: (v.detach().clone().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
             for k, v in inputs.items()}
+    return copy | changes
+
+
+# Wrong loops, each run from the same start, and what is wrong with them. The student's
+# weights after training are compared with each one's.
+_LOOP_MISTAKES = {
+    "zeroes nothing": (
+        {"zeroed": ()},
+        "the gradients pile up: backward() adds to .grad, so every step also applies all the "
+        "earlier gradients. Zero them after each update (w1.grad.zero_() or w1.grad = None)",
+    ),
+    "zeroes only w1": (
+        {"zeroed": ("w1",)},
+        "w2's gradients pile up: you zero w1.grad but not w2.grad. backward() adds into the .grad "
+        "of every leaf, so zero both after each update",
+    ),
+    "zeroes only w2": (
+        {"zeroed": ("w2",)},
+        "w1's gradients pile up: you zero w2.grad but not w1.grad. backward() adds into the .grad "
+        "of every leaf, so zero both after each update",
+    ),
+    "climbs": (
+        {"learning_rate": -_LOOP_LEARNING_RATE},
+        "the weights moved uphill: subtract the gradient (w1 -= learning_rate * w1.grad), do not add it",
+    ),
+}
+
+
+def _rebinding_hint(names: list[str]) -> str:
+    first = names[0]
+    return (
+        f"{' and '.join(names)} did not change in place: `{first} = {first} - learning_rate * {first}.grad` "
+        f"binds the name {first} to a new tensor (inside no_grad a leaf with requires_grad=False that "
+        f"autograd no longer tracks), so the caller's {first} never moves and the next step has no "
+        f"gradient for it. Update in place: {first} -= learning_rate * {first}.grad"
+    )
+
+
+def _diagnose_loop_error(error: str, train_fn: Callable, inputs: dict[str, Any]) -> str:
+    """Name the mistake behind an error raised by the student's loop."""
+    if "leaf Variable that requires grad" in error:
+        return f"{error} (update the weights inside `with torch.no_grad():`)"
+    if "'NoneType' object has no attribute 'zero_'" in error:
+        return (
+            f"{error}: .grad is None until the first backward() fills it, so there is nothing to zero "
+            "before it. Zero the gradients after each update (or set w1.grad = None)"
+        )
+    # A rebound name breaks only the second step: run one step alone and see what moved.
+    one_step = _fresh_copy(inputs, steps=1)
+    before = _fresh_copy(one_step)
+    _, error_in_one_step = call_safely(train_fn, *one_step.values())
+    if error_in_one_step is None:
+        unchanged = [name for name in ("w1", "w2") if torch.equal(one_step[name].detach(), before[name].detach())]
+        if unchanged:
+            return f"{_rebinding_hint(unchanged)} (your code then raised: {error.removeprefix('your code raised ')})"
+    return error
 
 
 @exercise
@@ -289,28 +351,26 @@ def check_training_loop(train_fn: Callable) -> bool:
     start = _fresh_copy(inputs)
     expected = _fresh_copy(inputs)
     expected_losses = _reference_loop(**expected)
-    piled_up = _fresh_copy(inputs)
-    _reference_loop(**piled_up, zero_grad=False)
 
     losses, error = call_safely(train_fn, *inputs.values())
     if error:
-        if "leaf Variable that requires grad" in error:
-            error += " (update the weights inside `with torch.no_grad():`)"
-        return report(title, error)
+        return report(title, _diagnose_loop_error(error, train_fn, start))
     w1, w2 = inputs["w1"], inputs["w2"]
-    if torch.equal(w1.detach(), start["w1"].detach()) and torch.equal(w2.detach(), start["w2"].detach()):
+    unchanged = [name for name in ("w1", "w2") if torch.equal(inputs[name].detach(), start[name].detach())]
+    if unchanged == ["w1", "w2"]:
         return report(
             title,
             "w1 and w2 did not change: update them in place (w1 -= learning_rate * w1.grad) inside "
             "torch.no_grad() (`w1 = w1 - ...` only rebinds a local name), and zero the gradients "
             "after the update, not between backward() and the update",
         )
-    if close(w1, piled_up["w1"], atol=1e-9, rtol=1e-9) and close(w2, piled_up["w2"], atol=1e-9, rtol=1e-9):
-        return report(
-            title,
-            "the gradients pile up: backward() adds to .grad, so every step also applies all the "
-            "earlier gradients. Zero them after each update (w1.grad.zero_() or w1.grad = None)",
-        )
+    if unchanged:
+        return report(title, _rebinding_hint(unchanged))
+    for changes, message in _LOOP_MISTAKES.values():
+        wrong = _fresh_copy(start, **changes)
+        _reference_loop(**wrong)
+        if close(w1, wrong["w1"], atol=1e-9, rtol=1e-9) and close(w2, wrong["w2"], atol=1e-9, rtol=1e-9):
+            return report(title, message)
     for name in ("w1", "w2"):
         problem = compare_tensors(inputs[name].detach(), expected[name].detach(), name=f"{name} after training",
                                   atol=1e-9, rtol=1e-9)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pdl.checks.core import as_number, call_safely, compare_tensors, exercise, report, unpack
+from pdl.checks.core import as_number, call_safely, close, compare_tensors, exercise, report, unpack
 
 __all__ = [
     "check_accuracy_from_logits",
@@ -55,6 +55,9 @@ def _generator(seed: int) -> torch.Generator:
 
 def _compare_arrays(got: Any, expected: np.ndarray, name: str, atol: float = 1e-8) -> str | None:
     """Like ``compare_tensors``, for NumPy answers: type first, then shape, then values."""
+    if isinstance(got, (np.generic, int, float)) and not isinstance(got, (bool, np.bool_)):
+        # A NumPy scalar (what a.sum() returns) or a Python number where an array belongs.
+        return f"{name} is a single number, expected an array of shape {expected.shape}"
     if not isinstance(got, np.ndarray):
         return f"{name} should be a NumPy array, got {type(got).__name__}"
     if not (np.issubdtype(got.dtype, np.number) or got.dtype == np.bool_):
@@ -65,7 +68,7 @@ def _compare_arrays(got: Any, expected: np.ndarray, name: str, atol: float = 1e-
         torch.from_numpy(expected),
         name=name,
         atol=atol,
-        rtol=1e-6,
+        rtol=1e-6,  # float32 rounding (~6e-8 relative) passes: the formula is what is judged
     )
 
 
@@ -106,14 +109,15 @@ def check_linear_backward(linear_backward: Callable) -> bool:
     if problem:
         return report(title, problem)
     hints = {
-        "grad_x": "",
+        "grad_x": " (dL/dx has the shape of x: grad_out @ weight)",
         "grad_weight": " (dL/dweight has the shape of weight: grad_out.T @ x)",
-        "grad_bias": " (the bias is shared by every example: sum grad_out over the batch axis)",
+        "grad_bias": " (the bias is shared by every example: sum grad_out over the batch axis only, "
+        "grad_out.sum(axis=0), one value per output)",
     }
     for got, expected, name in zip(grads, (x.grad, weight.grad, bias.grad), hints, strict=True):
         problem = _compare_arrays(got, expected.numpy(), name)
         if problem:
-            return report(title, problem + (hints[name] if "shape" in problem else ""))
+            return report(title, problem + (hints[name] if "shape" in problem or "single number" in problem else ""))
     return report(title, None)
 
 
@@ -220,11 +224,21 @@ def check_channels_last(channels_last: Callable) -> bool:
     return report(title, problem)
 
 
+def _dtype_hint(got: torch.Tensor, expected: torch.Tensor, *, name: str = "the result") -> str:
+    """For an answer of the wrong dtype: say whether its values are right, and how to keep the input's dtype."""
+    values = "the values are right, but " if close(got, expected, atol=1e-5, rtol=1e-4) else ""
+    return (
+        f" ({values}{name} should keep x's dtype, {expected.dtype}: a .double(), a NumPy round trip "
+        f"or a float64 constant such as torch.tensor(value, dtype=torch.float64) changed it)"
+    )
+
+
 @exercise
 def check_replace_below(replace_below: Callable) -> bool:
     """Check ``replace_below(x, threshold, value)``: a new tensor with entries < threshold set to value.
 
-    The input ``x`` must stay unchanged (the function returns a new tensor).
+    Entries equal to the threshold are not below it: they stay. The input ``x`` must stay
+    unchanged (the function returns a new tensor), and the result keeps ``x``'s dtype.
 
     Example:
         >>> check_replace_below(lambda x, t, v: torch.where(x < t, torch.full_like(x, v), x))
@@ -236,10 +250,14 @@ def check_replace_below(replace_below: Callable) -> bool:
         >>> check_replace_below(in_place)  # doctest: +ELLIPSIS
         ❌ replace below: your function changed its input x...
         False
+        >>> check_replace_below(lambda x, t, v: torch.where(x <= t, torch.full_like(x, v), x))  # doctest: +ELLIPSIS
+        ❌ replace below: result is wrong at index (0, 0): got -1, expected 0.25 ... strictly below)
+        False
     """
     title = "replace below"
     x = torch.randn(4, 5, generator=_generator(3))
     threshold, value = 0.25, -1.0
+    x[0, :2] = threshold  # entries exactly at the threshold: `<=` instead of `<` must show
     expected = torch.where(x < threshold, torch.full_like(x, value), x)
     given = x.clone()
     got, problem = call_safely(replace_below, given, threshold, value)
@@ -249,8 +267,10 @@ def check_replace_below(replace_below: Callable) -> bool:
         return report(title, "your function changed its input x; clone it first (x.clone()) or use torch.where")
     problem = compare_tensors(got, expected)
     if problem and isinstance(got, torch.Tensor) and got.shape == expected.shape:
-        if torch.equal(got, torch.where(x <= threshold, torch.full_like(x, value), x)):
-            problem += " (use x < threshold, strictly below)"
+        if got.dtype != expected.dtype:
+            problem += _dtype_hint(got, expected)
+        elif torch.equal(got, torch.where(x <= threshold, torch.full_like(x, value), x)):
+            problem += " (entries equal to the threshold are not below it: use x < threshold, strictly below)"
     return report(title, problem)
 
 
@@ -258,8 +278,10 @@ def check_replace_below(replace_below: Callable) -> bool:
 def check_standardize_columns(standardize_columns: Callable) -> bool:
     """Check ``standardize_columns(x)``: each column (feature) of (N, D) ``x`` shifted to mean 0 and scaled to std 1.
 
-    The statistics are per column, over the N rows: ``(x - x.mean(dim=0)) / x.std(dim=0)``
-    (``x.std`` with its default, the sample standard deviation).
+    The statistics are per column, over the N rows: ``(x - x.mean(dim=0)) / x.std(dim=0)``.
+    ``x.std`` with PyTorch's default, ``correction=1``: the sample standard deviation, which
+    divides by N - 1. (NumPy's ``np.std`` defaults to ``ddof=0``, dividing by N: a different
+    number.) The result keeps ``x``'s dtype, float32.
 
     Example:
         >>> check_standardize_columns(lambda x: (x - x.mean(dim=0)) / x.std(dim=0))
@@ -277,11 +299,20 @@ def check_standardize_columns(standardize_columns: Callable) -> bool:
     got, problem = call_safely(standardize_columns, x.clone())
     problem = problem or compare_tensors(got, expected, atol=1e-5, rtol=1e-4)
     if problem and isinstance(got, torch.Tensor) and got.shape == expected.shape:
+        # close() compares in float64, so these hints work for an answer of any dtype.
         population = (x - x.mean(dim=0)) / x.std(dim=0, correction=0)
-        if torch.allclose(got, population, atol=1e-5):
-            problem += " (that is the population std, correction=0: use x.std(dim=0))"
-        elif not torch.allclose(got.mean(dim=0), torch.zeros(3), atol=1e-4):
+        column_means = got.detach().double().mean(dim=0)
+        if got.dtype != expected.dtype:
+            problem += _dtype_hint(got, expected)
+        elif close(got, population, atol=1e-5):
+            problem += (
+                " (that is the population std, correction=0, NumPy's default ddof=0: "
+                "use PyTorch's default x.std(dim=0), correction=1)"
+            )
+        elif not close(column_means, torch.zeros(3), atol=1e-4):
             problem += " (each column needs its own mean and std: reduce over dim=0, the rows)"
+        else:
+            problem += " (the column means are right: divide by each column's own std, x.std(dim=0))"
     elif problem and ("shape" in problem or "size of tensor" in problem):
         problem += " (reduce over dim=0: one mean and one std per column, shape (D,), broadcast over the N rows)"
     return report(title, problem)
