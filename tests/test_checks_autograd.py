@@ -212,22 +212,28 @@ def test_sigmoid_function_wrong_forward_and_not_a_class(capsys):
 # --------------------------------------------------------------------------------------
 
 
-def loop(w1, w2, x, y, learning_rate, steps, *, zero=True, in_place=True, losses_as_items=True):
+def loop(w1, w2, x, y, learning_rate, steps, *, zero=("w1", "w2"), zero_first=False, rebind=(), losses_as_items=True):
+    """The correct loop, with switches for the classic mistakes: which gradients are zeroed and
+    when (``zero_first``: before backward, where the first .grad is still None), and which
+    weights are rebound (``w = w - ...``, a new tensor) instead of updated in place."""
+    weights = {"w1": w1, "w2": w2}
     losses = []
     for _ in range(steps):
-        loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+        if zero_first:
+            for name in zero:
+                weights[name].grad.zero_()
+        loss = (x.mm(weights["w1"]).clamp(min=0).mm(weights["w2"]) - y).pow(2).sum()
         losses.append(loss.item() if losses_as_items else loss)
         loss.backward()
         with torch.no_grad():
-            if in_place:
-                w1 -= learning_rate * w1.grad
-                w2 -= learning_rate * w2.grad
-            else:
-                w1 = w1 - learning_rate * w1.grad
-                w2 = w2 - learning_rate * w2.grad
-        if zero:
-            w1.grad.zero_()
-            w2.grad.zero_()
+            for name, weight in weights.items():
+                if name in rebind:
+                    weights[name] = weight - learning_rate * weight.grad
+                else:
+                    weight -= learning_rate * weight.grad
+        if not zero_first:
+            for name in zero:
+                weights[name].grad.zero_()
     return losses
 
 
@@ -237,7 +243,7 @@ def test_training_loop_correct(capsys):
 
 
 def test_training_loop_missing_zero_grad(capsys):
-    assert check_training_loop(lambda *a: loop(*a, zero=False)) is False
+    assert check_training_loop(lambda *a: loop(*a, zero=())) is False
     assert "the gradients pile up" in last_line(capsys)
 
 
@@ -293,86 +299,35 @@ def test_training_loop_pytorchs_own_optimizer(capsys):
 
 def test_training_loop_zeroes_before_the_first_backward(capsys):
     # .grad is None until the first backward(): w1.grad.zero_() there raises AttributeError.
-    def zero_first(w1, w2, x, y, learning_rate, steps):
-        losses = []
-        for _ in range(steps):
-            w1.grad.zero_()
-            w2.grad.zero_()
-            loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
-            losses.append(loss.item())
-            loss.backward()
-            with torch.no_grad():
-                w1 -= learning_rate * w1.grad
-                w2 -= learning_rate * w2.grad
-        return losses
-
-    assert check_training_loop(zero_first) is False
+    assert check_training_loop(lambda *a: loop(*a, zero_first=True)) is False
     out = last_line(capsys)
     assert "AttributeError" in out and ".grad is None until the first backward()" in out
 
 
 def test_training_loop_rebinds_inside_no_grad(capsys):
     # The second step fails (RuntimeError: no grad_fn): the hint names the rebinding, not the error alone.
-    def rebinds(w1, w2, x, y, learning_rate, steps):
-        losses = []
-        for _ in range(steps):
-            loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
-            losses.append(loss.item())
-            loss.backward()
-            with torch.no_grad():
-                w1 = w1 - learning_rate * w1.grad
-                w2 = w2 - learning_rate * w2.grad
-        return losses
-
-    assert check_training_loop(rebinds) is False
+    assert check_training_loop(lambda *a: loop(*a, zero=(), rebind=("w1", "w2"))) is False
     out = last_line(capsys)
     assert "w1 and w2 did not change in place" in out and "w1 -= learning_rate * w1.grad" in out
     assert "requires_grad=False" in out and "RuntimeError" in out
 
 
 def test_training_loop_rebinds_only_w1(capsys):
-    def rebinds_w1(w1, w2, x, y, learning_rate, steps):
-        losses = []
-        for _ in range(steps):
-            loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
-            losses.append(loss.item())
-            loss.backward()
-            with torch.no_grad():
-                w1 = w1 - learning_rate * w1.grad  # w1.grad of the new tensor is None next step
-                w2 -= learning_rate * w2.grad
-            w2.grad.zero_()
-        return losses
-
-    assert check_training_loop(rebinds_w1) is False
+    # w1's new tensor has no .grad at the second step: a TypeError, explained as the rebinding.
+    assert check_training_loop(lambda *a: loop(*a, zero=("w2",), rebind=("w1",))) is False
     out = last_line(capsys)
     assert out.startswith("❌ training loop: w1 did not change in place") and "TypeError" in out
 
 
-def zeroes_only(name):
-    def train(w1, w2, x, y, learning_rate, steps):
-        losses = []
-        for _ in range(steps):
-            loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
-            losses.append(loss.item())
-            loss.backward()
-            with torch.no_grad():
-                w1 -= learning_rate * w1.grad
-                w2 -= learning_rate * w2.grad
-            {"w1": w1, "w2": w2}[name].grad.zero_()
-        return losses
-
-    return train
-
-
 def test_training_loop_zeroes_only_w1(capsys):
     # The bug is in w2 (its gradients pile up), although both weights end up wrong.
-    assert check_training_loop(zeroes_only("w1")) is False
+    assert check_training_loop(lambda *a: loop(*a, zero=("w1",))) is False
     out = last_line(capsys)
     assert "w2's gradients pile up" in out and "not w2.grad" in out
 
 
 def test_training_loop_zeroes_only_w2(capsys):
-    assert check_training_loop(zeroes_only("w2")) is False
+    assert check_training_loop(lambda *a: loop(*a, zero=("w2",))) is False
     assert "w1's gradients pile up" in last_line(capsys)
 
 
