@@ -193,7 +193,7 @@ def fig_00_peak_tflops() -> plt.Figure:
     bars[0].set_hatch("//")
     ax.set_xscale("log")
     ax.set_xlabel("peak throughput, TFLOPS (log scale)")
-    ax.set_title("Peak TFLOPS: vendor specs (blue), our estimate (hatched), measured here (orange)", fontsize=11)
+    ax.set_title("Peak TFLOPS: vendor (blue), estimate (hatched), measured here (orange)", fontsize=11)
     for bar, value in zip(bars, values, strict=True):
         ax.text(value * 1.15, bar.get_y() + bar.get_height() / 2, f"{value:.3g}", va="center", fontsize=10)
     ax.set_xlim(min(values) / 2, max(values) * 4)
