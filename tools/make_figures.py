@@ -32,7 +32,6 @@ import matplotlib
 matplotlib.use("Agg")  # figures are files; no screen needed
 
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
 from torch import nn  # noqa: E402
@@ -418,6 +417,41 @@ def fig_03_confusion_matrix() -> plt.Figure:
     return fig
 
 
+def _hinge_network(f: Callable[[torch.Tensor], torch.Tensor], knots: torch.Tensor) -> nn.Sequential:
+    """A shallow ReLU net joining the points (t, f(t)) of the knots by straight lines (weights set, not trained)."""
+    values = f(knots)
+    slopes = (values[1:] - values[:-1]) / (knots[1:] - knots[:-1])
+    net = nn.Sequential(nn.Linear(1, len(slopes)), nn.ReLU(), nn.Linear(len(slopes), 1))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)  # unit j: ReLU(x - t_j), a kink at t_j
+        net[0].bias.copy_(-knots[:-1])
+        net[2].weight.copy_(torch.cat([slopes[:1], slopes[1:] - slopes[:-1]]).unsqueeze(0))
+        net[2].bias.fill_(values[0].item())
+    return net
+
+
+@figure
+def fig_03_universal_approximation() -> plt.Figure:
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(2 * x) + 0.3 * x
+
+    x = torch.linspace(-3, 3, 601).unsqueeze(1)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(x, f(x), color="black", lw=5, alpha=0.25, label="f(x) = sin 2x + 0.3x")
+    with torch.inference_mode():
+        for units in (2, 4, 8, 32):
+            net = _hinge_network(f, torch.linspace(-3, 3, units + 1))
+            error = (net(x) - f(x)).abs().max().item()
+            ax.plot(x, net(x), lw=1.8, label=f"{units} ReLU units (largest error {error:.3f})")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title("One hidden layer, weights constructed: every unit adds one kink")
+    ax.legend(fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------------------
 # 04 Training tricks
 # --------------------------------------------------------------------------------------
@@ -475,40 +509,43 @@ def fig_04_preprocessing() -> plt.Figure:
 
 @figure
 def fig_04_init_stats() -> plt.Figure:
-    torch.manual_seed(0)
     depth, width = 10, 512
-    x = torch.randn(500, width)
+    x = torch.randn(500, width, generator=torch.Generator().manual_seed(0))
+    tanh_gain = nn.init.calculate_gain("tanh")  # 5/3
     setups = {
         "N(0, 0.01²), tanh": (lambda w: nn.init.normal_(w, std=0.01), torch.tanh),
         "N(0, 1), tanh": (lambda w: nn.init.normal_(w, std=1.0), torch.tanh),
-        "Xavier, tanh": (nn.init.xavier_normal_, torch.tanh),
+        "Glorot (xavier_normal_), tanh": (nn.init.xavier_normal_, torch.tanh),
+        "Glorot, gain 5/3, tanh": (lambda w: nn.init.xavier_normal_(w, gain=tanh_gain), torch.tanh),
         "N(0, 0.01²), ReLU": (lambda w: nn.init.normal_(w, std=0.01), torch.relu),
-        "Kaiming, ReLU": (lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"), torch.relu),
+        "Kaiming (kaiming_normal_), ReLU": (lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"), torch.relu),
     }
-    fig, (ax, hist) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, saturation) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    torch.manual_seed(0)
     with torch.inference_mode():
         for name, (init, activation) in setups.items():
-            h, stds = x, []
+            h, stds, saturated = x, [], []
             for _ in range(depth):
                 weight = torch.empty(width, width)
                 init(weight)
                 h = activation(h @ weight.T)
                 stds.append(h.std().item())
-            line = ax.plot(range(1, depth + 1), stds, marker="o", label=name)[0]
+                saturated.append((h.abs() > 0.99).float().mean().item())
+            line = ax.plot(range(1, depth + 1), stds, marker="o", label=f"{name} ({stds[0]:.2g} → {stds[-1]:.2g})")[0]
             if "tanh" in name:
-                hist.hist(h.flatten().numpy(), bins=np.linspace(-1, 1, 41), density=True, alpha=0.6,
-                          color=line.get_color(), label=name)
+                saturation.plot(range(1, depth + 1), saturated, marker="o", color=line.get_color(), label=name)
     ax.set_yscale("log")
     ax.set_xlabel("layer")
     ax.set_ylabel("std of activations (log scale)")
-    ax.set_title("std per layer (10 layers, width 512)")
-    ax.legend(fontsize=9)
+    ax.set_title("std per layer (10 layers, width 512; layer 1 → 10)")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    hist.set_yscale("log")
-    hist.set_xlabel("tanh activation in layer 10")
-    hist.set_ylabel("density (log scale)")
-    hist.set_title("tiny: all ~0; N(0,1): stuck at ±1")
-    hist.legend(fontsize=8, loc="upper center")
+    saturation.set_xlabel("layer")
+    saturation.set_ylabel("fraction of units")
+    saturation.set_ylim(-0.03, 1.03)
+    saturation.set_title("tanh: saturated units, |a| > 0.99")
+    saturation.legend(fontsize=8)
+    saturation.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -597,6 +634,48 @@ def fig_04_learning_rates() -> plt.Figure:
     fig, ax = plt.subplots(figsize=(8, 4.2))
     compare_histories(histories, metric="loss", split="train", ax=ax)
     ax.set_title("SGD + momentum on spirals: training loss for four learning rates")
+    fig.tight_layout()
+    return fig
+
+
+@figure
+def fig_04_lr_range_test() -> plt.Figure:
+    (x, y), _ = _spiral_task()
+    torch.manual_seed(0)
+    model = mlp([2, 64, 64, 3])
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    steps, start, end = 200, 1e-4, 30.0
+    growth = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(end / start) ** (1 / (steps - 1)))
+    loader = tensor_loader(x, y, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+    def batches():  # as many passes over the data as the test needs
+        while True:
+            yield from loader
+
+    rates, losses, average = [], [], 0.0
+    for step, (inputs, targets) in enumerate(batches(), start=1):
+        loss = nn.functional.cross_entropy(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        average = 0.9 * average + 0.1 * loss.item()
+        rates.append(growth.get_last_lr()[0])
+        losses.append(average / (1 - 0.9**step))  # smoothed, bias-corrected
+        if step == steps or not math.isfinite(loss.item()) or losses[-1] > 4 * min(losses):
+            break  # done, or blown up: the rest would be noise
+        growth.step()
+    lowest = min(range(len(losses)), key=losses.__getitem__)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(rates, losses, lw=2)
+    ax.axvline(rates[lowest], color="gray", ls=":", label=f"lowest loss at lr {rates[lowest]:.2g}")
+    ax.axvline(rates[lowest] / 10, color="green", ls="--", label=f"10x below: lr {rates[lowest] / 10:.2g}")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 2 * losses[0])  # the blow-up at the end runs off the top
+    ax.set_xlabel("learning rate (raised after every batch, log scale)")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title(f"Learning-rate range test: SGD + momentum 0.9, spirals MLP, {len(rates)} batches")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
 

@@ -3,7 +3,8 @@
 A custom Module, cross-entropy by hand, one training step, an accuracy function. Each
 check runs your code on fresh inputs next to a reference and prints one line; for the
 classic mistakes (a forgotten ``super().__init__()``, a missing ``zero_grad``, a model
-left in eval mode, a percentage instead of a fraction) the line says what happened.
+left in eval mode, the loss's arguments swapped, the largest score compared with the
+labels, a percentage instead of a fraction) the line says what happened.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def check_cross_entropy(cross_entropy_fn: Callable) -> bool:
         if error:
             return report(title, f"{case}: {error}")
         if not torch.equal(logits, logits_before):
-            return report(title, "your function changed the logits in place")
+            return report(title, "your function changed its input logits in place (e.g. logits -= ...): the "
+                                 "caller's scores change too; compute new tensors, logits - logits.logsumexp(...)")
         expected = F.cross_entropy(logits, targets)
         if not isinstance(got, torch.Tensor):
             return report(title, f"return a 0-d tensor (so that it can be backpropagated), got {type(got).__name__}")
@@ -147,6 +149,13 @@ def check_cross_entropy(cross_entropy_fn: Callable) -> bool:
                 return report(title, f"got the sum over the batch ({value:.4g}); take the mean ({want:.4g})")
             if _near(value, -log_probs.exp().mean().item()):
                 return report(title, "you averaged -p(target); the loss takes the log: -log p(target)")
+            if _near(value, -F.log_softmax(logits, dim=1)[:, targets].mean().item()):
+                return report(title, "log_probs[:, targets] picks, for every sample, the scores of all N targets "
+                                     "(an (N, N) table); pick one entry per sample: "
+                                     "log_probs[torch.arange(len(targets)), targets]")
+            if _near(value, F.cross_entropy(logits.softmax(dim=1), targets).item()):
+                return report(title, "softmax was applied twice: take the log-softmax of the logits themselves, "
+                                     "not of probabilities")
         problem = compare_tensors(got.reshape(()) if got.numel() == 1 else got, expected, name=f"loss ({case})",
                                   atol=1e-4, rtol=1e-4)
         if problem:
@@ -179,16 +188,37 @@ def _parameters(model: nn.Module) -> torch.Tensor:
 _STEP_SEED = 9  # the dropout mask: the same for your step and the reference
 
 
-def _student_step(train_step: Callable) -> tuple[torch.Tensor, Any, str | None]:
-    """Run the student's step from the usual state: (parameters after it, its result, its error)."""
+class _RecordingLoss(nn.CrossEntropyLoss):
+    """``nn.CrossEntropyLoss`` that also remembers what it was called with, to name a swapped call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, Any]] = []
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls.append((input, target))
+        return super().forward(input, target)
+
+
+def _swapped(loss_fn: _RecordingLoss) -> bool:
+    """True when the loss got the targets first: ``loss_fn(targets, outputs)``.
+
+    Class indices are integers, model outputs are floats: an integer first argument is the targets.
+    """
+    return any(isinstance(first, torch.Tensor) and not first.is_floating_point() for first, _ in loss_fn.calls)
+
+
+def _student_step(train_step: Callable) -> tuple[torch.Tensor, Any, str | None, bool]:
+    """Run the student's step from the usual state: (parameters after it, its result, its error, swapped?)."""
     model, optimizer, inputs, targets = _step_setup()
+    loss_fn = _RecordingLoss()
     with torch.random.fork_rng():
         torch.manual_seed(_STEP_SEED)
-        result, error = call_safely(train_step, model, inputs, targets, nn.CrossEntropyLoss(), optimizer)
-    return _parameters(model), result, error
+        result, error = call_safely(train_step, model, inputs, targets, loss_fn, optimizer)
+    return _parameters(model), result, error, _swapped(loss_fn)
 
 
-def _reference_step(*, train_mode: bool = True, zero_grad: bool = True) -> tuple[torch.Tensor, float]:
+def _reference_step(*, train_mode: bool = True, zero_grad: bool = True, backward: bool = True) -> tuple[torch.Tensor, float]:
     """A step from the same state, right or with a known mistake: (parameters after it, loss)."""
     model, optimizer, inputs, targets = _step_setup()
     with torch.random.fork_rng():
@@ -197,7 +227,8 @@ def _reference_step(*, train_mode: bool = True, zero_grad: bool = True) -> tuple
         loss = nn.CrossEntropyLoss()(model(inputs), targets)
         if zero_grad:
             optimizer.zero_grad()
-        loss.backward()
+        if backward:
+            loss.backward()
         optimizer.step()
     return _parameters(model), loss.item()
 
@@ -225,7 +256,11 @@ def check_train_step(train_step: Callable) -> bool:
         True
     """
     title = "train_step"
-    got, result, error = _student_step(train_step)
+    got, result, error, swapped = _student_step(train_step)
+    if swapped:
+        return report(title, "the loss got its arguments swapped, loss_fn(targets, outputs): PyTorch's losses "
+                             "take the model's outputs first, then the targets, loss_fn(model(inputs), targets)"
+                             + (f" ({error})" if error else ""))
     if error:
         return report(title, error)
     expected, expected_loss = _reference_step()
@@ -237,6 +272,9 @@ def check_train_step(train_step: Callable) -> bool:
             (torch.allclose(got, _reference_step(zero_grad=False)[0], atol=1e-6, rtol=1e-5),
              "the old gradients were added to the new ones: call optimizer.zero_grad() before "
              "loss.backward(), so a step never depends on what happened before it"),
+            (torch.allclose(got, _reference_step(zero_grad=False, backward=False)[0], atol=1e-6, rtol=1e-5),
+             "the step used only the gradients left over from before, not this batch's: call "
+             "optimizer.zero_grad(), then loss.backward(), then optimizer.step()"),
             (torch.allclose(got, _reference_step(train_mode=False)[0], atol=1e-6, rtol=1e-5),
              "the model trained in eval mode (dropout was off): call model.train() at the start, "
              "the model may come straight from an evaluation"),
@@ -289,17 +327,36 @@ def check_accuracy(accuracy_fn: Callable) -> bool:
     if error:
         if "must match the size" in error or "size of tensor" in error:
             error += " (take the argmax over the class dimension: logits.argmax(dim=1))"
+        elif "'bool' object" in error:
+            error += _MAX_PAIR
         return report(title, error)
     value = as_number(result)
     if value is None:
         shape = f" of shape {tuple(result.shape)}" if isinstance(result, torch.Tensor) else ""
-        return report(title, f"return one number, got {type(result).__name__}{shape}")
+        hint = _MAX_PAIR if isinstance(result, bool) else ""
+        return report(title, f"return one number, got {type(result).__name__}{shape}{hint}")
     if _near(value, expected):
         return report(title, None)
     if _near(value, 100 * expected):
         return report(title, f"got {value:.4g}, a percentage; return a fraction between 0 and 1 ({expected:.4g})")
     if _near(value, expected * n):
         return report(title, f"got {value:.4g}, the number of correct samples; divide by the number of samples ({n})")
+    per_class = [(logits.argmax(dim=1)[targets == k] == k).float().mean().item() for k in range(c)]
+    if _near(value, sum(per_class) / c):
+        return report(title, f"got {value:.4g}, the accuracy of each class averaged (a macro average, torchmetrics' "
+                             "default for MulticlassAccuracy); the exercise wants the fraction of all samples "
+                             f"classified correctly ({expected:.4g}, average='micro')")
     if value == 0 and expected > 0:
-        return report(title, "got 0: integer division? Convert to float before dividing (.float().mean())")
+        # Two mistakes give 0 here; on logits where every prediction is right only one still gives 0.
+        all_right, _ = call_safely(accuracy_fn, logits.clone(), logits.argmax(dim=1))
+        if as_number(all_right) == 1.0:
+            return report(title, "got 0, but 1 when every prediction is right: integer division? "
+                                 "Divide as floats: (predictions == targets).float().mean()")
+        return report(title, "got 0 even when every prediction is right: you compared the largest score (or "
+                             "probability) with the class indices. The predicted class is the *position* of "
+                             "the largest score: logits.argmax(dim=1) == targets")
     return report(title, f"got {value:.6g}, expected {expected:.6g}")
+
+
+_MAX_PAIR = (" (logits.max(dim=1) returns a pair (values, indices): the predicted classes are its "
+             ".indices, or simply logits.argmax(dim=1))")

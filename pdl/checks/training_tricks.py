@@ -18,7 +18,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pdl.checks.core import NOT_ATTEMPTED, call_safely, close, compare_tensors, exercise, report, unpack
+from pdl.checks.core import (
+    NOT_ATTEMPTED,
+    call_safely,
+    close,
+    compare_tensors,
+    exercise,
+    report,
+    unpack,
+)
 
 __all__ = ["check_kaiming_init", "check_sgd_momentum", "check_standardize"]
 
@@ -71,9 +79,19 @@ def check_standardize(fn: Callable, *, seed: int = 0) -> bool:
     train = torch.randn(40, 3, 6, 6, generator=generator) * channel_std + channel_mean + pixel_shift
     test = torch.randn(12, 3, 6, 6, generator=generator) * channel_std + channel_mean + pixel_shift + 0.1
 
-    result, error = call_safely(fn, train.clone(), test.clone())
+    given_train, given_test = train.clone(), test.clone()
+    result, error = call_safely(fn, given_train, given_test)
     if error:
+        if "must match the size of tensor" in error:
+            error += (" (keep the reduced dimensions: train.mean(dim=(0, 2, 3), keepdim=True) has shape "
+                      "(1, C, 1, 1), which broadcasts against (N, C, H, W))")
         return report(title, error)
+    # Judged as lecture 01 judges it: a function that returns new tensors leaves its inputs alone.
+    for name, given, original in (("train", given_train, train), ("test", given_test, test)):
+        if not torch.equal(given, original):
+            return report(title, f"your function changed its input {name} in place (e.g. {name} -= mean or "
+                                 f"{name}.sub_(mean)): the caller's images change too, and calling it twice "
+                                 f"standardizes them twice. Compute new tensors: ({name} - mean) / std")
     pair, problem = unpack(result, ("train_standardized", "test_standardized"))
     if problem:
         return report(title, problem)
@@ -96,7 +114,7 @@ def check_standardize(fn: Callable, *, seed: int = 0) -> bool:
 
 
 def _standardize_hint(got: object, train: torch.Tensor) -> str | None:
-    """Recognise training images standardized over the wrong dims."""
+    """Recognise training images standardized over the wrong dims, or only half standardized."""
     wrong = {
         "one mean and std for all channels together: each channel needs its own, reduce over dims (0, 2, 3)": (0, 1, 2, 3),
         "a mean and std for every pixel: per-channel statistics reduce over the pixels too, dims (0, 2, 3)": (0,),
@@ -105,6 +123,17 @@ def _standardize_hint(got: object, train: torch.Tensor) -> str | None:
     for hint, dims in wrong.items():
         if any(close(got, want, **_TOL) for want in _standardized_both_ways(train, dims)):
             return f"the training images: {hint}"
+    mean = train.mean(dim=_DIMS, keepdim=True)
+    halves = {
+        "divided by the variance: divide by the standard deviation, its square root (x.std)":
+            [(train - mean) / train.var(dim=_DIMS, keepdim=True, correction=c) for c in (0, 1)],
+        "only centred: also divide by each channel's standard deviation": [train - mean],
+        "only scaled: also subtract each channel's mean first":
+            [train / train.std(dim=_DIMS, keepdim=True, correction=c) for c in (0, 1)],
+    }
+    for hint, candidates in halves.items():
+        if any(close(got, want, **_TOL) for want in candidates):
+            return f"the training images were {hint}"
     return None
 
 
@@ -135,13 +164,23 @@ def check_kaiming_init(fn: Callable, *, seed: int = 0) -> bool:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         layer = nn.Linear(fan_in, fan_out)
+        original_weight, original_bias = layer.weight, layer.bias
         before = layer.weight.detach().clone()
         _, error = call_safely(fn, layer)
+    in_place = ("change the values of the existing parameters in place: with torch.no_grad(): "
+                "layer.weight.normal_(...) (or nn.init.*_)")
     if error:
+        if "cannot assign" in error:
+            error += f" (layer.weight must stay the same nn.Parameter: {in_place})"
+        elif "leaf Variable that requires grad" in error:
+            error += " (wrap the in-place calls in `with torch.no_grad():`: initialization is not a step to differentiate)"
         return report(title, error)
     if not isinstance(layer.weight, nn.Parameter) or not isinstance(layer.bias, nn.Parameter):
-        return report(title, "layer.weight and layer.bias must stay nn.Parameters: change their values in place "
-                             "(with torch.no_grad(): layer.weight.normal_(...), or nn.init.*_)")
+        return report(title, f"layer.weight and layer.bias must stay nn.Parameters: {in_place}")
+    if layer.weight is not original_weight or layer.bias is not original_bias:
+        which = "layer.weight" if layer.weight is not original_weight else "layer.bias"
+        return report(title, f"{which} was replaced by a new nn.Parameter: an optimizer (or anything else) that "
+                             f"already holds the old one would never see it. The task says in place: {in_place}")
     weight = layer.weight.detach()
     if torch.equal(weight, before):
         return report(title, "the weights did not change: change layer.weight in place (nothing needs to be returned)")
@@ -151,9 +190,16 @@ def check_kaiming_init(fn: Callable, *, seed: int = 0) -> bool:
         return report(title, f"the weights have mean {mean:.4g}; they should be centred at zero")
     if abs(std / target - 1) > 0.03:
         known = {
-            "sqrt(1 / fan_in): that is LeCun/Xavier's choice for tanh; ReLU zeroes half of its inputs, so Kaiming doubles the variance": math.sqrt(1 / fan_in),
-            "sqrt(2 / (fan_in + fan_out)): that is Xavier (Glorot) initialization; for ReLU use sqrt(2 / fan_in)": math.sqrt(2 / (fan_in + fan_out)),
+            "sqrt(1 / fan_in): that is LeCun's fan-in initialization (for tanh-like units); ReLU zeroes half "
+            "of its inputs, so Kaiming doubles the variance": math.sqrt(1 / fan_in),
+            "sqrt(2 / (fan_in + fan_out)): that is Glorot's (Xavier) initialization, the average of fan-in and "
+            "fan-out; for ReLU use sqrt(2 / fan_in)": math.sqrt(2 / (fan_in + fan_out)),
             "sqrt(2 / fan_out): fan_in is the number of inputs, layer.in_features (weight.shape[1])": math.sqrt(2 / fan_out),
+            "2 / fan_in: that is the variance; normal_(mean, std) takes the standard deviation, sqrt(2 / fan_in)": 2 / fan_in,
+            "sqrt(2 / fan_in) / sqrt(3): uniform_(-b, b) has std b / sqrt(3); a uniform Kaiming init uses "
+            "b = sqrt(6 / fan_in)": math.sqrt(2 / fan_in) / math.sqrt(3),
+            "1 / sqrt(3 fan_in): PyTorch's default for nn.Linear, so the layer was re-initialized with "
+            "nn.Linear's own rule (reset_parameters); Kaiming for ReLU is sqrt(2 / fan_in)": math.sqrt(1 / (3 * fan_in)),
         }
         for hint, value in known.items():
             if abs(std / value - 1) < 0.03:
