@@ -185,9 +185,7 @@ def copy_decks(lectures: list[Lecture], slides: Path, out: Path) -> None:
     if missing:
         raise BuildError(f"decks not rendered in {slides}: {', '.join(missing)}; run `make slides`")
     target = out / "slides"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
+    target.mkdir(parents=True, exist_ok=True)
     for path in wanted:
         shutil.copy2(path, target / path.name)
         if path.suffix == ".html":  # the site's icon, or the browser asks the server for /favicon.ico
@@ -202,8 +200,10 @@ def build(notebooks: Path, slides: Path = SLIDES, out: Path = OUT, staging: Path
           quiet: bool = False) -> tuple[int, float, list[str]]:
     """Build the site; return its page count, the seconds it took and the warnings (Sphinx's, stale notebooks)."""
     started = time.perf_counter()
-    if out.exists() and any(out.iterdir()) and not (out / ".buildinfo").exists():
-        raise BuildError(f"{out} exists and is not a site built here: not overwriting it")
+    if out.exists() and any(out.iterdir()):
+        if not (out / ".buildinfo").exists():
+            raise BuildError(f"{out} exists and is not a site built here: not overwriting it")
+        shutil.rmtree(out)  # a site this script built: start afresh, so no page of a removed lecture stays
     lectures = stage(notebooks, staging)
     warnings_file = staging / "warnings.txt"
     arguments = ["-b", "html", "-c", str(SITE), "-d", str(staging / ".doctrees"), "-w", str(warnings_file),
