@@ -44,6 +44,7 @@ STAGING = REPO / "build" / "site-src"
 OUT = REPO / "build" / "site"
 SLIDES = REPO / "build" / "slides"
 PAGES = ("index.md", "setup.md", "troubleshooting.md", "instructors.md", "api.md")
+MATHJAX = SITE / "node_modules" / "mathjax" / "es5" / "tex-svg-full.js"  # site/package.json, served locally
 BADGE = re.compile(r"\[!\[[^\]]*\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]\([^)]*\)")
 
 
@@ -200,6 +201,8 @@ def build(notebooks: Path, slides: Path = SLIDES, out: Path = OUT, staging: Path
           quiet: bool = False) -> tuple[int, float, list[str]]:
     """Build the site; return its page count, the seconds it took and the warnings (Sphinx's, stale notebooks)."""
     started = time.perf_counter()
+    if not MATHJAX.is_file():
+        raise BuildError(f"MathJax is not installed ({MATHJAX}): run `make site`, or `npm ci` in site/")
     if out.exists() and any(out.iterdir()):
         if not (out / ".buildinfo").exists():
             raise BuildError(f"{out} exists and is not a site built here: not overwriting it")
