@@ -1,5 +1,6 @@
 # The two commands a newcomer needs:
-#   make        set everything up and build the course (notebooks executed, slides rendered)
+#   make        set everything up and build the course (notebooks executed, slides rendered,
+#               the website built)
 #   make test   run the whole test suite
 # Everything runs inside .venv, which the first command creates.
 
@@ -7,9 +8,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv data notebooks notebooks-fast slides test lint benchmarks clean
+.PHONY: all venv data notebooks notebooks-fast slides site student repository test lint benchmarks clean
 
-all: notebooks slides
+all: notebooks slides site
 
 # The virtual environment, with pdl installed in editable mode plus the notebook and
 # development extras. Re-installed when pyproject.toml changes.
@@ -41,7 +42,26 @@ slides/node_modules/.installed: slides/package.json slides/package-lock.json
 slides: venv slides/node_modules/.installed
 	$(PY) tools/build_slides.py
 
-test: venv data slides/node_modules/.installed
+# MathJax, pinned in site/package-lock.json: the website renders math without a CDN.
+site/node_modules/.installed: site/package.json site/package-lock.json
+	cd site && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The course website, build/site/, from build/notebooks/full/ and build/slides/ (make notebooks
+# slides first; make does). Preview: python -m http.server -d build/site
+site: venv site/node_modules/.installed
+	$(PY) tools/build_site.py
+
+# The notebooks without their worked solutions, to hand out: build/student/.
+student: venv
+	$(PY) tools/student_release.py
+
+# Move the course to another GitHub repository (badges, set-up cells, links):
+#   make repository REPO=https://github.com/OWNER/NAME [BRANCH=main]
+repository: venv
+	$(PY) tools/repository.py $(REPO) $(if $(BRANCH),--branch $(BRANCH))
+
+test: venv data slides/node_modules/.installed site/node_modules/.installed
 	$(PY) -m pytest
 
 lint: venv

@@ -1,9 +1,11 @@
-"""Command line: ``python -m pdl doctor`` and ``python -m pdl data``."""
+"""Command line: ``python -m pdl doctor``, ``python -m pdl data`` and ``python -m pdl grade``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from pdl import grading
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("doctor", help="print versions, the device and the mixed-precision policy")
     fetch = commands.add_parser("data", help="fetch and verify every dataset the course needs")
     fetch.add_argument("names", nargs="*", help="only these datasets (default: all)")
+    grading.add_arguments(commands.add_parser("grade", help="run students' notebooks and grade each exercise"))
     args = parser.parse_args(argv)
+
+    if args.command == "grade":
+        return grading.run(args)
 
     if args.command == "doctor":
         from pdl.data import data_root, mirror_dir

@@ -14,11 +14,12 @@ import sys
 import nbformat
 import pytest
 
+from tools.repository import current
 from tools.run_notebooks import BUILD, REPO, execute_notebook, notebook_paths
 
 PATHS = notebook_paths()
 SETUP_MARKER = 'importlib.util.find_spec("pdl") is None'
-COLAB = "https://colab.research.google.com/github/pdl-course/pdl/blob/main/notebooks/{name}"
+REPOSITORY = current()  # pyproject.toml: [project.urls] Repository, [tool.pdl] branch (make repository)
 
 
 CHECK_CALL = re.compile(r"pdl\.checks\.(check_\w+)\(")
@@ -97,10 +98,12 @@ def test_anatomy(path):
     assert not dirty, f"cells {dirty} keep outputs: strip them before committing"
     # 1. Title with the Colab badge pointing at this very notebook.
     assert cells[0].cell_type == "markdown" and cells[0].source.lstrip().startswith("#")
-    assert COLAB.format(name=path.name) in cells[0].source, "the Colab badge must link this notebook"
-    # 2. The set-up cell, 3. a parameters cell.
+    assert REPOSITORY.colab(path.name) in cells[0].source, "the Colab badge must link this notebook (pyproject's repository)"
+    # 2. The set-up cell, installing from pyproject's repository, 3. a parameters cell.
     code = [c for c in cells if c.cell_type == "code"]
     assert any(SETUP_MARKER in c.source for c in code[:2]), "the Colab set-up cell must come first"
+    setup = next(c.source for c in code[:2] if SETUP_MARKER in c.source)
+    assert f'PDL_SOURCE = "{REPOSITORY.install_source}"' in setup, "the set-up cell must install from pyproject's repository"
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one code cell must be tagged 'parameters'"
     # Run settings for CI: fast parameters must exist in the parameters cell.
