@@ -19,7 +19,16 @@ Every check is also available directly as ``pdl.checks.check_...``.
 from pdl.checks import autograd, batchnorm, modules, tensors, training_tricks, transfer
 from pdl.checks.autograd import *  # noqa: F403
 from pdl.checks.batchnorm import *  # noqa: F403
-from pdl.checks.core import Verdict, answers, call_safely, compare_tensors, exercise, report, solutions, tally
+from pdl.checks.core import (
+    Verdict,
+    answers,
+    call_safely,
+    compare_tensors,
+    exercise,
+    report,
+    solutions,
+    tally,
+)
 from pdl.checks.modules import *  # noqa: F403
 from pdl.checks.tensors import *  # noqa: F403
 from pdl.checks.training_tricks import *  # noqa: F403
