@@ -210,6 +210,16 @@ def test_module_rejects_running_statistics_kept_as_plain_attributes(failing):
             ".to(device)", "state_dict()", "register_buffer")
 
 
+def test_module_rejects_running_statistics_left_out_of_the_state_dict(failing):
+    class NotSaved(StudentBatchNorm):
+        def __init__(self, num_features):
+            super().__init__(num_features)
+            del self.running_var
+            self.register_buffer("running_var", torch.ones(num_features), persistent=False)
+
+    failing(check_batchnorm_module, NotSaved, "running_var is a buffer that state_dict() does not save")
+
+
 def test_module_rejects_running_statistics_as_parameters(failing):
     class TrainedStatistics(StudentBatchNorm):
         def __init__(self, num_features):
@@ -422,3 +432,25 @@ def test_the_checks_never_raise_on_any_answer(check, answer, capsys):
     assert check(answer) is False
     out = capsys.readouterr().out
     assert out.startswith("\u274c") and "could not judge" not in out, out
+
+
+def test_the_notebook_stubs_are_not_attempted(capsys):
+    class MyBatchNorm(nn.Module):  # the stub of exercise 2, as the notebook ships it
+        def __init__(self, num_features, eps=1e-5, momentum=0.1):
+            super().__init__()
+            raise NotImplementedError
+
+        def forward(self, x):
+            raise NotImplementedError
+
+    def fold_stub(conv, bn):
+        raise NotImplementedError
+
+    assert check_batchnorm_module(MyBatchNorm) is False
+    assert check_fold_batchnorm(fold_stub) is False
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "\u2b1c batch norm layer: for input shape (32, 4): not attempted yet (the stub still raises NotImplementedError)",
+        "\u2b1c fold batch norm into the conv: conv with bias=True, stride=1: not attempted yet "
+        "(the stub still raises NotImplementedError)",
+    ]

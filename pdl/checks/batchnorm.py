@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pdl.batchnorm import BatchNorm, _per_channel, batch_norm, batch_norm_statistics, fold_batchnorm
-from pdl.checks.core import call_safely, close, compare_tensors, exercise, report
+from pdl.checks.core import NOT_ATTEMPTED, call_safely, close, compare_tensors, exercise, report
 
 __all__ = ["check_batchnorm_forward", "check_batchnorm_module", "check_fold_batchnorm"]
 
@@ -199,7 +199,7 @@ def _structure_problem(layer: nn.Module, channels: int) -> str | None:
             return f"{name} should be an nn.Parameter of shape ({channels},), so that the optimizer trains it"
         if value.shape != (channels,):
             return f"{name} has shape {tuple(value.shape)}, expected ({channels},): one value per channel"
-    buffers = dict(layer.named_buffers())
+    buffers, saved = dict(layer.named_buffers()), layer.state_dict()
     for name in ("running_mean", "running_var"):
         value = getattr(layer, name, None)
         if not isinstance(value, torch.Tensor):
@@ -210,6 +210,9 @@ def _structure_problem(layer: nn.Module, channels: int) -> str | None:
         if name not in buffers:
             return (f"{name} is a plain tensor attribute, not a buffer: .to(device) would leave it "
                     f"behind and state_dict() would not save it. Use self.register_buffer('{name}', ...)")
+        if name not in saved:
+            return (f"{name} is a buffer that state_dict() does not save (persistent=False): a checkpoint "
+                    "would lose the statistics the layer needs in eval mode")
         if value.shape != (channels,):
             return f"{name} has shape {tuple(value.shape)}, expected ({channels},): one value per channel"
     return None
@@ -220,7 +223,7 @@ def _check_module_on(cls: type, shape: tuple[int, ...], generator: torch.Generat
     with torch.random.fork_rng():  # a layer may initialise randomly: leave the notebook's generator alone
         layer, error = call_safely(cls, channels)
     if error:
-        return f"creating {getattr(cls, '__name__', cls)}({channels}) failed: {error}"
+        return error if error == NOT_ATTEMPTED else f"creating {getattr(cls, '__name__', cls)}({channels}) failed: {error}"
     if not isinstance(layer, nn.Module):
         return f"{getattr(cls, '__name__', cls)}({channels}) should be an nn.Module, got {type(layer).__name__}"
     problem = _structure_problem(layer, channels)
