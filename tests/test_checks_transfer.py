@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import re
+
+import pytest
+from torch import nn
+
 from pdl.checks.transfer import check_freeze_all_but_head, check_param_groups
 from pdl.transfer import head_name, train_only
 
@@ -16,10 +22,22 @@ def freeze_by_hand(model):
         parameter.requires_grad = name.startswith(head + ".")
 
 
-def test_freeze_accepts_a_hand_written_solution_and_pdl_transfer(capsys):
+def freeze_the_pytorch_way(model):
+    """Module.requires_grad_ on the whole model, then on the head: PyTorch's own tools."""
+    model.requires_grad_(False)
+    model.get_submodule(head_name(model)).requires_grad_(True)
+
+
+def test_freeze_accepts_a_hand_written_solution_pytorch_and_pdl_transfer(capsys):
     assert check_freeze_all_but_head(freeze_by_hand) is True
+    assert check_freeze_all_but_head(freeze_the_pytorch_way) is True
     assert check_freeze_all_but_head(lambda model: train_only(model, "head")) is True
-    assert capsys.readouterr().out.count("✅ freeze all but the head: correct") == 2
+    assert capsys.readouterr().out.count("✅ freeze all but the head: correct") == 3
+
+
+def sentences_mix_counts(message: str) -> bool:
+    """True when one sentence counts both parameter tensors and parameter values."""
+    return any("tensor" in sentence and re.search(r"\d,\d{3}", sentence) for sentence in message.split(". "))
 
 
 def test_the_checks_leave_the_global_random_state_alone(leaves_global_rng_alone):
@@ -41,7 +59,9 @@ def test_freeze_reports_a_body_that_still_trains(capsys):
 
     assert check_freeze_all_but_head(only_resnet_names) is False
     out = capsys.readouterr().out
-    assert "on mobilenet_v2, the head's classifier.1.weight is frozen: 0 trainable, expected 2,562" in out
+    assert "on mobilenet_v2: 2 of the head's parameter tensors are frozen (e.g. classifier.1.weight)" in out
+    assert "Counted in values (elements): 0 of 2,226,434 train, expected just the head's 2,562." in out
+    assert not sentences_mix_counts(out)
 
 
 def test_freeze_reports_forgotten_parameters_with_counts(capsys):
@@ -52,9 +72,10 @@ def test_freeze_reports_forgotten_parameters_with_counts(capsys):
 
     assert check_freeze_all_but_head(forgets_biases) is False
     out = capsys.readouterr().out
-    assert "❌ freeze all but the head: on resnet18," in out
-    assert "parameters outside the head are still trainable (e.g. bn1.bias)" in out
-    assert "expected 1,026 (just the head)" in out
+    assert "❌ freeze all but the head: on resnet18: 20 of the 60 parameter tensors outside the head" in out
+    assert "are still trainable (e.g. bn1.bias)" in out
+    assert "expected just the head's 1,026." in out
+    assert not sentences_mix_counts(out)
 
 
 def test_freeze_reports_a_frozen_head(capsys):
@@ -63,7 +84,46 @@ def test_freeze_reports_a_frozen_head(capsys):
             parameter.requires_grad = False
 
     assert check_freeze_all_but_head(freezes_everything) is False
-    assert "the head's fc.weight is frozen: 0 trainable, expected 1,026" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 of the head's parameter tensors are frozen (e.g. fc.weight)" in out
+    assert "0 of 11,177,538 train, expected just the head's 1,026" in out
+
+
+def test_freeze_explains_why_nothing_was_frozen(failing):
+    def evaluates(model):
+        model.eval()  # a common belief: eval() freezes
+
+    failing(check_freeze_all_but_head, evaluates, "nothing was frozen", "model.eval() does not freeze")
+
+    def misspelled(model):
+        for name, parameter in model.named_parameters():
+            if not name.startswith(head_name(model) + "."):
+                parameter.requires_grad_ = False  # assigns an attribute, calls nothing
+
+    failing(check_freeze_all_but_head, misspelled, "you assigned to requires_grad_", "requires_grad = False")
+
+    def freezes_a_copy(model):
+        model = copy.deepcopy(model)
+        freeze_by_hand(model)
+        return model
+
+    failing(check_freeze_all_but_head, freezes_a_copy, "the model you were given is unchanged", "in place")
+
+
+def test_freeze_refuses_replacing_the_head(failing):
+    def new_head(model):
+        for parameter in model.parameters():
+            parameter.requires_grad = False
+        model.fc = nn.Linear(512, 2)
+
+    failing(check_freeze_all_but_head, new_head, "on resnet18", "replaced the head (fc)", "only set requires_grad")
+
+
+@pytest.mark.parametrize("answer", [None, 3, lambda model: model.nonexistent()])
+def test_freeze_never_raises(answer, capsys):
+    assert check_freeze_all_but_head(answer) is False
+    out = capsys.readouterr().out
+    assert out.startswith("❌") and "could not judge" not in out, out
 
 
 # --------------------------------------------------------------------------------------
@@ -125,3 +185,33 @@ def test_param_groups_reports_wrong_shapes_of_answer(capsys):
     assert "group 0 should be a dict with keys 'params' and 'lr'" in capsys.readouterr().out
     assert check_param_groups(lambda m, a, b: None) is False
     assert "expected a non-empty list of dicts, got NoneType" in capsys.readouterr().out
+
+
+def test_param_groups_reports_a_head_found_by_one_architecture_only(capsys):
+    def fc_only(model, head_lr, body_lr):
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        return [{"params": [p for n, p in trainable if n.startswith("fc.")], "lr": head_lr},
+                {"params": [p for n, p in trainable if not n.startswith("fc.")], "lr": body_lr}]
+
+    assert check_param_groups(fc_only) is False
+    assert "on mobilenet_v2 (head_lr=0.003, body_lr=0.0002): classifier.1.weight gets lr 0.0002, expected 0.003" in (
+        capsys.readouterr().out)
+
+
+def test_param_groups_accepts_generators_and_refuses_sets(capsys):
+    def generators(model, head_lr, body_lr):
+        groups = groups_by_hand(model, head_lr, body_lr)
+        return [{"params": iter(g["params"]), "lr": g["lr"]} for g in groups]  # like model.fc.parameters()
+
+    assert check_param_groups(generators) is True
+    capsys.readouterr()
+
+    def sets(model, head_lr, body_lr):
+        return [{"params": set(g["params"]), "lr": g["lr"]} for g in groups_by_hand(model, head_lr, body_lr)]
+
+    assert check_param_groups(sets) is False
+    assert "group 0: 'params' is a set; use a list" in capsys.readouterr().out
+
+
+def test_the_param_groups_check_leaves_the_global_random_state_alone(leaves_global_rng_alone):
+    leaves_global_rng_alone(check_param_groups, groups_by_hand)

@@ -828,6 +828,66 @@ def fig_07_resnet_stages() -> plt.Figure:
     return fig
 
 
+def _pretrained_first_conv() -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The first conv's weights of an ImageNet-pretrained backbone, and of the same one at random.
+
+    ResNet-18 when torchvision's weights are in the hub cache or downloadable (as in lecture
+    07 online); otherwise MobileNetV2 with the ImageNet weights of the data mirror (as in an
+    offline run); random weights only, and said so, when neither is available.
+    """
+    import torchvision
+
+    from pdl.transfer import WeightsNotAvailableError, build_backbone
+
+    choices = [
+        ("resnet18", "DEFAULT", "ResNet-18, torchvision's ImageNet weights"),
+        ("mobilenet_v2", "data:weights/mobilenet_v2_imagenet_features.pth", "MobileNetV2, the data mirror's ImageNet weights"),
+    ]
+    backbone, label = "resnet18", "ResNet-18: NO pretrained weights here, both rows random"
+    model = torchvision.models.resnet18(weights=None)
+    for name, weights, description in choices:
+        try:
+            model = build_backbone(name, weights, verbose=False, progress=False)
+        except (WeightsNotAvailableError, FileNotFoundError):
+            continue
+        backbone, label = name, description
+        break
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        random_model = torchvision.models.get_model(backbone, weights=None)
+
+    def first(net: nn.Module) -> torch.Tensor:
+        return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).weight.detach()
+
+    return label, first(model), first(random_model)
+
+
+def _neighbour_correlation(w: torch.Tensor) -> float:
+    """How alike adjacent weights of the filters are: about 0 for noise, towards 1 for smooth patterns."""
+    a = torch.cat([w[..., :, :-1].flatten(), w[..., :-1, :].flatten()])
+    b = torch.cat([w[..., :, 1:].flatten(), w[..., 1:, :].flatten()])
+    return torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+
+
+@figure
+def fig_07_first_layer_filters() -> plt.Figure:
+    import torchvision
+
+    label, pretrained, random = _pretrained_first_conv()
+    fig, axes = plt.subplots(2, 1, figsize=(9, 4.2))
+    for ax, weights, name in zip(axes, (pretrained, random), ("pretrained", "random initialisation"), strict=True):
+        tiles = weights[:32]
+        low, high = tiles.amin(dim=(1, 2, 3), keepdim=True), tiles.amax(dim=(1, 2, 3), keepdim=True)
+        grid = torchvision.utils.make_grid((tiles - low) / (high - low + 1e-8), nrow=16, padding=1, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(f"{name}: neighbouring weights correlate {_neighbour_correlation(weights):.2f}")
+        ax.axis("off")
+    k = pretrained.shape[-1]
+    fig.suptitle(f"First-layer filters of {label}\n({k}x{k} RGB, the first 32 of {pretrained.shape[0]})")
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------------------
 # The command line
 # --------------------------------------------------------------------------------------

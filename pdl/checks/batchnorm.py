@@ -5,35 +5,47 @@ prints one line (a success line, or what is wrong and a hint why) and returns Tr
 
 - ``check_batchnorm_forward(fn)``: ``fn(x, gamma, beta, eps=1e-5)`` is the training-mode
   forward pass for ``(N, D)`` and ``(N, C, H, W)`` inputs; outputs *and* gradients are compared.
-- ``check_batchnorm_module(cls)``: a whole layer class with running statistics, in training
-  and in eval mode.
+- ``check_batchnorm_module(cls)``: a whole layer class with running statistics (registered as
+  buffers), in training and in eval mode.
 - ``check_fold_batchnorm(fn)``: ``fn(conv, bn)`` returns one conv that computes ``bn(conv(x))``.
+
+The references are computed in float64, so the only difference a correct float32 answer
+shows is its own rounding. PyTorch's own functions (``F.batch_norm``, ``nn.BatchNorm2d``,
+``torch.nn.utils.fusion.fuse_conv_bn_eval``) pass every check.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from pdl.batchnorm import BatchNorm, _per_channel, batch_norm, batch_norm_statistics, fold_batchnorm
-from pdl.checks.core import call_safely, close, compare_tensors, exercise, report
+from pdl.checks.core import NOT_ATTEMPTED, call_safely, close, compare_tensors, exercise, report
 
 __all__ = ["check_batchnorm_forward", "check_batchnorm_module", "check_fold_batchnorm"]
 
-OUTPUT_TOL = {"atol": 1e-5, "rtol": 1e-4}
-GRAD_TOL = {"atol": 1e-4, "rtol": 1e-3}  # different but correct formulas round differently
+# float32 keeps about 7 significant digits. Correct answers written in different ways
+# (two-pass variance, torch.var_mean, the one-pass E[x^2] - E[x]^2, PyTorch's own kernels)
+# stay within about 1e-5 of the exact value, relative to max(1, |value|); every mistake the
+# checks look for is off by a percent or more. |got - exact| <= 1e-4 * (1 + |exact|):
+TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 
 def _channels_input(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Random activations whose channels have different means and scales; the last channel has
-    a tiny variance, so that a missing ``eps`` shows."""
+    """Random activations whose channels have different means and scales.
+
+    The last channel spreads very little (standard deviation 0.003, a variance below eps), so
+    that a missing or misplaced ``eps`` shows. It is centred at 0: a tiny spread around a
+    large mean would magnify float32 rounding enough to fail correct code.
+    """
     channels = shape[1]
     broadcast = (1, channels, *[1] * (len(shape) - 2))
     scale = torch.rand(channels, generator=generator) * 3 + 0.5
-    scale[-1] = 0.003
     shift = torch.randn(channels, generator=generator) * 2
+    scale[-1], shift[-1] = 0.003, 0.0
     return torch.randn(shape, generator=generator) * scale.reshape(broadcast) + shift.reshape(broadcast)
 
 
@@ -66,7 +78,7 @@ def _closest_mistake(got: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, be
         ] = _normalize_over(x, [0], gamma, beta, eps)
         candidates["reduce over dims (0, 2, 3): one statistic per channel"] = _normalize_over(x, [0, 1], gamma, beta, eps)
     for hint, wrong in candidates.items():
-        if close(got, wrong, **OUTPUT_TOL):
+        if close(got, wrong, **TOL):
             return hint
     return None
 
@@ -86,8 +98,8 @@ def check_batchnorm_forward(fn: Callable, *, seed: int = 0) -> bool:
     the gradients with respect to ``x``, ``gamma`` and ``beta`` are compared as well.
 
     Example:
-        >>> from pdl.batchnorm import batch_norm
-        >>> check_batchnorm_forward(lambda x, gamma, beta, eps=1e-5: batch_norm(x, gamma, beta, eps))
+        >>> import torch.nn.functional as F
+        >>> check_batchnorm_forward(lambda x, gamma, beta, eps=1e-5: F.batch_norm(x, None, None, gamma, beta, training=True, eps=eps))
         ✅ batch norm forward: correct
         True
     """
@@ -112,9 +124,9 @@ def _check_forward_on(fn: Callable, shape: tuple[int, ...], generator: torch.Gen
     got, error = call_safely(fn, *inputs, eps=eps)
     if error:
         return error
-    expected_inputs = [t.clone().requires_grad_(True) for t in (x, gamma, beta)]
-    expected = batch_norm(*expected_inputs, eps=eps)
-    problem = compare_tensors(got, expected.detach(), name="the output", **OUTPUT_TOL)
+    exact_inputs = [t.double().requires_grad_(True) for t in (x, gamma, beta)]
+    exact = batch_norm(*exact_inputs, eps=eps)
+    problem = compare_tensors(got, exact.detach().float(), name="the output", **TOL)
     if problem is not None:
         hint = _closest_mistake(got, x, gamma, beta, eps) if isinstance(got, torch.Tensor) else None
         return hint or problem
@@ -126,11 +138,11 @@ def _check_forward_on(fn: Callable, shape: tuple[int, ...], generator: torch.Gen
     _, error = call_safely(lambda: (got * upstream).sum().backward())
     if error:
         return f"backward through your output failed: {error}"
-    (expected * upstream).sum().backward()
-    for name, mine, reference in zip(("x", "gamma", "beta"), inputs, expected_inputs, strict=True):
+    (exact * upstream.double()).sum().backward()
+    for name, mine, reference in zip(("x", "gamma", "beta"), inputs, exact_inputs, strict=True):
         if mine.grad is None:
             return f"no gradient reaches {name}: the output must be computed from it with torch operations"
-        problem = compare_tensors(mine.grad, reference.grad, name=f"the gradient with respect to {name}", **GRAD_TOL)
+        problem = compare_tensors(mine.grad, reference.grad.float(), name=f"the gradient with respect to {name}", **TOL)
         if problem is not None:
             if name == "x":
                 problem += (
@@ -159,10 +171,11 @@ def check_batchnorm_module(cls: type, *, seed: int = 0) -> bool:
     """Check a batch-norm layer class ``cls(num_features)`` against ``pdl.batchnorm.BatchNorm``.
 
     The class must have learnable ``weight``/``bias`` (or ``gamma``/``beta``) parameters of
-    shape ``(C,)``, ``running_mean`` and ``running_var`` tensors, PyTorch's defaults
-    (``eps=1e-5``, ``momentum=0.1``), and handle ``(N, C)`` and ``(N, C, H, W)`` inputs.
-    Checked over three training batches (outputs, gradients, running statistics) and then in
-    eval mode (outputs from the running statistics, which must not move).
+    shape ``(C,)``, ``running_mean`` and ``running_var`` registered as buffers (so that
+    ``.to()`` moves them and ``state_dict()`` saves them), PyTorch's defaults (``eps=1e-5``,
+    ``momentum=0.1``), and handle ``(N, C)`` and ``(N, C, H, W)`` inputs. Checked over three
+    training batches (outputs, gradients, running statistics) and then in eval mode (outputs
+    from the running statistics, which must not move).
 
     Example:
         >>> check_batchnorm_module(BatchNorm)
@@ -178,29 +191,52 @@ def check_batchnorm_module(cls: type, *, seed: int = 0) -> bool:
     return report(title, None)
 
 
-def _check_module_on(cls: type, shape: tuple[int, ...], generator: torch.Generator) -> str | None:
-    channels = shape[1]
-    layer, error = call_safely(cls, channels)
-    if error:
-        return f"creating {getattr(cls, '__name__', cls)}({channels}) failed: {error}"
-    if not isinstance(layer, nn.Module):
-        return f"{getattr(cls, '__name__', cls)}({channels}) should be an nn.Module, got {type(layer).__name__}"
-    gamma = _attribute(layer, ("weight", "gamma"))
-    beta = _attribute(layer, ("bias", "beta"))
-    for name, value in (("gamma (weight)", gamma), ("beta (bias)", beta)):
+def _structure_problem(layer: nn.Module, channels: int) -> str | None:
+    """What is wrong with the layer's parameters and buffers, before it computes anything."""
+    for name, value in (("gamma (weight)", _attribute(layer, ("weight", "gamma"))),
+                        ("beta (bias)", _attribute(layer, ("bias", "beta")))):  # fmt: skip
         if not isinstance(value, nn.Parameter):
             return f"{name} should be an nn.Parameter of shape ({channels},), so that the optimizer trains it"
         if value.shape != (channels,):
             return f"{name} has shape {tuple(value.shape)}, expected ({channels},): one value per channel"
-    if _attribute(layer, ("running_mean",)) is None or _attribute(layer, ("running_var",)) is None:
-        return "the layer needs running_mean and running_var tensors (register them as buffers)"
+    buffers, saved = dict(layer.named_buffers()), layer.state_dict()
+    for name in ("running_mean", "running_var"):
+        value = getattr(layer, name, None)
+        if not isinstance(value, torch.Tensor):
+            return f"the layer needs a {name} tensor of shape ({channels},) (register it as a buffer)"
+        if isinstance(value, nn.Parameter):
+            return (f"{name} is an nn.Parameter, so the optimizer would train it; it is a statistic, "
+                    f"not a weight: self.register_buffer('{name}', ...)")
+        if name not in buffers:
+            return (f"{name} is a plain tensor attribute, not a buffer: .to(device) would leave it "
+                    f"behind and state_dict() would not save it. Use self.register_buffer('{name}', ...)")
+        if name not in saved:
+            return (f"{name} is a buffer that state_dict() does not save (persistent=False): a checkpoint "
+                    "would lose the statistics the layer needs in eval mode")
+        if value.shape != (channels,):
+            return f"{name} has shape {tuple(value.shape)}, expected ({channels},): one value per channel"
+    return None
 
-    reference = BatchNorm(channels)
+
+def _check_module_on(cls: type, shape: tuple[int, ...], generator: torch.Generator) -> str | None:
+    channels = shape[1]
+    with torch.random.fork_rng():  # a layer may initialise randomly: leave the notebook's generator alone
+        layer, error = call_safely(cls, channels)
+    if error:
+        return error if error == NOT_ATTEMPTED else f"creating {getattr(cls, '__name__', cls)}({channels}) failed: {error}"
+    if not isinstance(layer, nn.Module):
+        return f"{getattr(cls, '__name__', cls)}({channels}) should be an nn.Module, got {type(layer).__name__}"
+    problem = _structure_problem(layer, channels)
+    if problem:
+        return problem
+    gamma, beta = _attribute(layer, ("weight", "gamma")), _attribute(layer, ("bias", "beta"))
+
+    reference = BatchNorm(channels).double()  # exact: the float64 reference
     with torch.no_grad():  # random gamma/beta, the same in both layers, so that they matter
-        reference.weight.uniform_(0.5, 2.0, generator=generator)
-        reference.bias.normal_(generator=generator)
-        gamma.copy_(reference.weight)
-        beta.copy_(reference.bias)
+        gamma.copy_(torch.rand(channels, generator=generator) * 1.5 + 0.5)
+        beta.copy_(torch.randn(channels, generator=generator))
+        reference.weight.copy_(gamma)
+        reference.bias.copy_(beta)
     upstream = torch.randn(shape, generator=generator)
 
     layer.train()
@@ -222,8 +258,8 @@ def _check_module_on(cls: type, shape: tuple[int, ...], generator: torch.Generat
     if problem:
         with torch.no_grad():
             got, _ = call_safely(layer, x)
-            uses_batch = batch_norm(x, reference.weight, reference.bias)
-            if isinstance(got, torch.Tensor) and got.shape == x.shape and torch.allclose(got, uses_batch, **OUTPUT_TOL):
+            uses_batch = batch_norm(x, reference.weight.float(), reference.bias.float())
+            if close(got, uses_batch, **TOL):
                 return "in eval mode the layer still uses the batch's statistics; it must use running_mean and running_var"
         return problem
     now = _running_statistics(layer)
@@ -247,10 +283,14 @@ def _compare_step(layer, reference, x, upstream, params, when: str) -> str | Non
     got, error = call_safely(layer, mine_x)
     if error:
         return f"{when}: {error}"
-    ref_x = x.clone().requires_grad_(True)
+    ref_x = x.double().requires_grad_(True)
     expected = reference(ref_x)
-    problem = compare_tensors(got, expected.detach(), name=f"{when}: the output", **OUTPUT_TOL)
+    problem = compare_tensors(got, expected.detach().float(), name=f"{when}: the output", **TOL)
     if problem:
+        if layer.training and isinstance(got, torch.Tensor):
+            hint = _closest_mistake(got.detach(), x, params[0].detach(), params[1].detach(), reference.eps)
+            if hint:
+                return f"{when}: {hint}"
         return problem
     if not got.requires_grad:
         return f"{when}: the output is not connected to autograd (.detach(), NumPy or no_grad inside forward?)"
@@ -258,36 +298,45 @@ def _compare_step(layer, reference, x, upstream, params, when: str) -> str | Non
     if error:
         return (f"{when}: backward failed ({error}); are the running statistics part of the graph? "
                 "Update them from detached values (under torch.no_grad())")
-    (expected * upstream).sum().backward()
+    (expected * upstream.double()).sum().backward()
     pairs = [("x", mine_x.grad, ref_x.grad), ("gamma", params[0].grad, reference.weight.grad),
              ("beta", params[1].grad, reference.bias.grad)]  # fmt: skip
     for name, mine, ref in pairs:
         if mine is None:
             return f"{when}: no gradient reaches {name}"
-        problem = compare_tensors(mine, ref, name=f"{when}: the gradient with respect to {name}", **GRAD_TOL)
+        problem = compare_tensors(mine, ref.float(), name=f"{when}: the gradient with respect to {name}", **TOL)
         if problem:
             return problem
     return None
 
 
 def _compare_running(layer, reference, previous, x, batch: int) -> str | None:
-    running_mean, running_var = _running_statistics(layer)
     when = f"after training batch {batch}"
+    for name in ("running_mean", "running_var"):
+        value = getattr(layer, name)
+        if value.requires_grad:
+            return (f"{when}: {name} is part of the autograd graph (it requires grad), so every batch's "
+                    "graph stays in memory; update it under torch.no_grad() or from detached values")
+        if name not in dict(layer.named_buffers()):
+            return (f"{when}: {name} is no longer a buffer (forward replaced it with a plain attribute); "
+                    f"update it in place (self.{name}.mul_(...).add_(...)) or assign a tensor to the registered name")
+    running_mean, running_var = _running_statistics(layer)
     if torch.equal(running_mean, previous[0]) and torch.equal(running_var, previous[1]):
         return f"{when}: running_mean and running_var did not change; update them in training mode"
-    mean_problem = compare_tensors(running_mean, reference.running_mean, name=f"{when}: running_mean", **OUTPUT_TOL)
-    var_problem = compare_tensors(running_var, reference.running_var, name=f"{when}: running_var", **OUTPUT_TOL)
+    expected_mean, expected_var = reference.running_mean.float(), reference.running_var.float()
+    mean_problem = compare_tensors(running_mean, expected_mean, name=f"{when}: running_mean", **TOL)
+    var_problem = compare_tensors(running_var, expected_var, name=f"{when}: running_var", **TOL)
     if mean_problem is None and var_problem is None:
         return None
     # Something is wrong: replay the known mistakes with this batch's statistics.
     mean, var = batch_norm_statistics(x)
     momentum = reference.momentum
     if mean_problem:
-        if close(running_mean, momentum * previous[0] + (1 - momentum) * mean, **OUTPUT_TOL):
+        if close(running_mean, momentum * previous[0] + (1 - momentum) * mean, **TOL):
             return (f"{when}: running_mean weights the batch with 1 - momentum; PyTorch's rule is "
                     f"running = (1 - momentum) * running + momentum * batch_mean, with momentum = {momentum}")
         return mean_problem
-    if close(running_var, (1 - momentum) * previous[1] + momentum * var, **OUTPUT_TOL):
+    if close(running_var, (1 - momentum) * previous[1] + momentum * var, **TOL):
         n = x.numel() // x.shape[1]
         return (f"{when}: running_var should track the *unbiased* batch variance, "
                 f"var * n / (n - 1) with n = {n} values per channel (PyTorch does so)")
@@ -303,27 +352,73 @@ def _compare_running(layer, reference, previous, x, batch: int) -> str | None:
 def check_fold_batchnorm(fn: Callable, *, seed: int = 0) -> bool:
     """Check ``fn(conv, bn) -> nn.Conv2d``: one convolution equal to ``bn(conv(x))`` in eval mode.
 
-    Tried with a conv that has a bias and one without (``bias=False`` is usual before batch
-    norm), with random running statistics and gamma/beta. The original conv must stay unchanged.
+    Tried with a conv that has a bias and padding, and one without a bias (``bias=False`` is
+    usual before batch norm) and with stride 2, with random running statistics and gamma/beta.
+    The batch norm has ``eps=1e-3`` and one channel with a running variance as small as that,
+    so ``bn.eps`` must be used. The original conv and batch norm must stay unchanged.
 
     Example:
-        >>> check_fold_batchnorm(fold_batchnorm)
+        >>> from torch.nn.utils.fusion import fuse_conv_bn_eval  # PyTorch's own
+        >>> check_fold_batchnorm(fuse_conv_bn_eval)
         ✅ fold batch norm into the conv: correct
         True
     """
     title = "fold batch norm into the conv"
     generator = torch.Generator().manual_seed(seed)
-    for bias in (True, False):
-        problem = _check_fold_once(fn, bias, generator)
+    for bias, stride in ((True, 1), (False, 2)):
+        problem = _check_fold_once(fn, bias, stride, generator)
         if problem is not None:
-            return report(title, f"conv with bias={bias}: {problem}")
+            return report(title, f"conv with bias={bias}, stride={stride}: {problem}")
     return report(title, None)
 
 
-def _check_fold_once(fn: Callable, bias: bool, generator: torch.Generator) -> str | None:
+def _fold_mistakes(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The folded (weight, bias) that each classic mistake produces."""
+    gamma, beta, mean, var, eps = bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
+    b = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+    right = gamma / torch.sqrt(var + eps)
+    scales = {
+        "eps is missing: scale = gamma / sqrt(running_var + bn.eps); a channel with a tiny running "
+        "variance blows up without it": gamma / torch.sqrt(var),
+        f"use bn.eps (this batch norm was built with eps={eps:g}), not PyTorch's default 1e-5":
+            gamma / torch.sqrt(var + 1e-5),
+        "eps belongs inside the square root: gamma / sqrt(running_var + eps)": gamma / (torch.sqrt(var) + eps),
+        "divide by the standard deviation sqrt(running_var + eps), not by the variance": gamma / (var + eps),
+        "gamma (bn.weight) is missing from the scale: scale = gamma / sqrt(running_var + eps)": 1 / torch.sqrt(var + eps),
+    }
+    mistakes = {hint: (conv.weight * s.reshape(-1, 1, 1, 1), (b - mean) * s + beta) for hint, s in scales.items()}
+    weight = conv.weight * right.reshape(-1, 1, 1, 1)
+    mistakes["beta (bn.bias) is missing from the folded bias: b' = (b - running_mean) * scale + beta"] = (
+        weight, (b - mean) * right)
+    mistakes["subtract the running mean: b' = (b - running_mean) * scale + beta"] = (weight, (b + mean) * right + beta)
+    if conv.bias is not None:
+        mistakes["the conv's own bias must be scaled too: b' = (b - running_mean) * scale + beta"] = (
+            weight, b - mean * right + beta)
+    return mistakes
+
+
+def _fold_hint(folded: nn.Conv2d, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> str | None:
+    weight, bias = folded.weight, folded.bias
+    if bias is None or weight.shape != conv.weight.shape:
+        return None
+    with torch.no_grad():
+        mistakes = _fold_mistakes(conv, bn)
+        right_weight = fold_batchnorm(conv, bn).weight
+    for hint, (wrong_weight, wrong_bias) in mistakes.items():  # the exact mistake first
+        if close(weight, wrong_weight, **TOL) and close(bias, wrong_bias, **TOL):
+            return hint
+    if close(weight, right_weight, **TOL):
+        return None
+    for hint, (wrong_weight, _) in mistakes.items():  # then a wrong scale, whatever the bias
+        if close(weight, wrong_weight, **TOL):
+            return hint
+    return None
+
+
+def _check_fold_once(fn: Callable, bias: bool, stride: int, generator: torch.Generator) -> str | None:
     with torch.random.fork_rng():  # its random initial weights are overwritten: leave the notebook's generator alone
-        conv = nn.Conv2d(3, 6, 3, padding=1, stride=1, bias=bias)
-    bn = nn.BatchNorm2d(6)
+        conv = nn.Conv2d(3, 6, 3, padding=1, stride=stride, bias=bias)
+    bn = nn.BatchNorm2d(6, eps=1e-3)
     with torch.no_grad():
         conv.weight.normal_(0, 0.3, generator=generator)
         if bias:
@@ -332,32 +427,41 @@ def _check_fold_once(fn: Callable, bias: bool, generator: torch.Generator) -> st
         bn.bias.normal_(generator=generator)
         bn.running_mean.normal_(generator=generator)
         bn.running_var.uniform_(0.2, 3.0, generator=generator)
+        bn.running_var[-1] = 1e-3  # a nearly dead channel: eps matters here
+    conv.eval()
     bn.eval()
-    original = {k: v.clone() for k, v in conv.state_dict().items()}
+    original = {f"conv {k}": v.clone() for k, v in conv.state_dict().items()}
+    original |= {f"batch norm {k}": v.clone() for k, v in bn.state_dict().items()}
     x = torch.randn(4, 3, 8, 8, generator=generator)
     with torch.no_grad():
-        expected = bn(conv(x))
+        exact = copy.deepcopy(bn).double()(copy.deepcopy(conv).double()(x.double())).float()
 
     folded, error = call_safely(fn, conv, bn)
     if error:
         return error
     if not isinstance(folded, nn.Conv2d):
         return f"return an nn.Conv2d, got {type(folded).__name__}"
-    changed = [k for k, v in conv.state_dict().items() if not torch.equal(v, original[k])]
+    now = {f"conv {k}": v for k, v in conv.state_dict().items()} | {f"batch norm {k}": v for k, v in bn.state_dict().items()}
+    changed = [k for k, v in now.items() if not torch.equal(v, original[k])]
     if changed:
-        return (f"the original conv's {', '.join(changed)} changed: build a new layer "
-                "(copy.deepcopy(conv) or nn.Conv2d(...)) instead of editing the one in the model")
+        return (f"the original {', '.join(changed)} changed: build a new layer "
+                "(copy.deepcopy(conv) or nn.Conv2d(...)) instead of editing the ones in the model")
     with torch.no_grad():
         got, error = call_safely(folded, x)
     if error:
         return f"calling the folded conv: {error}"
-    problem = compare_tensors(got, expected, name="folded(x)", **OUTPUT_TOL)
-    if problem and not bias and folded.bias is None:
+    problem = compare_tensors(got, exact, name="folded(x)", **TOL)
+    if problem is None:
+        return None
+    if isinstance(got, torch.Tensor) and got.shape != exact.shape:
+        return problem + " (the folded conv needs the original's kernel size, stride and padding: copy.deepcopy(conv))"
+    if not bias and folded.bias is None:
         return "the folded conv needs a bias (beta - scale * running_mean) even when the original had none"
-    if problem:
-        reference = fold_batchnorm(conv, bn)
-        weight_problem = compare_tensors(folded.weight.detach(), reference.weight.detach(), name="the folded weight", **OUTPUT_TOL)
-        if weight_problem:
-            return weight_problem + " (W' = W * gamma / sqrt(running_var + eps), one factor per output channel)"
-        return problem + " (b' = (b - running_mean) * gamma / sqrt(running_var + eps) + beta)"
-    return None
+    hint = _fold_hint(folded, conv, bn)
+    if hint:
+        return hint
+    weight_problem = compare_tensors(folded.weight.detach(), fold_batchnorm(conv, bn).weight.detach(),
+                                     name="the folded weight", **TOL)
+    if weight_problem:
+        return weight_problem + " (W' = W * gamma / sqrt(running_var + eps), one factor per output channel)"
+    return problem + " (b' = (b - running_mean) * gamma / sqrt(running_var + eps) + beta)"
