@@ -24,13 +24,15 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 FORMAT = "pdl-checkpoint-2"  # what fit writes; resume refuses anything else
 
@@ -69,7 +71,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     # file system. O_EXCL: never overwrite anything; mode 0o666 minus the umask, as open() does.
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     with _ctrl_c_deferred():
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # O_BINARY: Windows
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(state, f)
@@ -257,6 +259,36 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
         torch.cuda.set_rng_state_all(state["cuda"])
     if generator is not None and "generator" in state:
         generator.set_state(state["generator"])
+
+
+def loader_generator(loader: Iterable) -> torch.Generator | None:
+    """The random generator that shuffles ``loader``, if it has its own (saved for resuming).
+
+    Example:
+        >>> g = torch.Generator()
+        >>> loader_generator(DataLoader(range(4), shuffle=True, generator=g)) is g
+        True
+    """
+    if not isinstance(loader, DataLoader):
+        return None
+    sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+    for candidate in (loader, sampler, getattr(sampler, "sampler", None)):
+        generator = getattr(candidate, "generator", None)
+        if isinstance(generator, torch.Generator):
+            return generator
+    return None
+
+
+def warn_if_workers_persist(loader: Iterable) -> None:
+    """Warn when a resumed run cannot repeat the original: workers that keep their random state."""
+    if isinstance(loader, DataLoader) and loader.persistent_workers and loader.num_workers > 0:
+        warnings.warn(
+            "this training loader keeps its worker processes between epochs (persistent_workers=True): their "
+            "random state is not in the checkpoint, so the resumed run will shuffle and augment differently "
+            "from an uninterrupted one. For an exact resume use persistent_workers=False (pdl.data.make_loader "
+            "does), or num_workers=0.",
+            stacklevel=3,
+        )
 
 
 # --------------------------------------------------------------------------------------

@@ -251,11 +251,16 @@ def check_class_indices(outputs: Any, targets: Any, loss_fn: Any) -> None:
         return
     if targets.is_floating_point() or targets.numel() == 0 or not isinstance(outputs, torch.Tensor) or outputs.ndim < 2:
         return
+    n_classes = outputs.shape[1]
+    low, high = (bound.item() for bound in torch.aminmax(targets))
+    if 0 <= low and high < n_classes:
+        return  # the usual case, decided by one min/max
     # Targets equal to ignore_index (-100 by default, often 255 in segmentation) are skipped
     # by the loss, so only the others must be valid class indices.
-    classes = torch.where(targets == loss_fn.ignore_index, 0, targets)
-    low, high = torch.stack(torch.aminmax(classes)).tolist()  # one synchronisation for both
-    n_classes = outputs.shape[1]
+    classes = targets[targets != loss_fn.ignore_index]
+    if classes.numel() == 0:
+        return
+    low, high = (bound.item() for bound in torch.aminmax(classes))
     if low < 0 or high >= n_classes:
         bad = high if high >= n_classes else low
         raise BatchShapeError(

@@ -29,7 +29,7 @@ from pdl.checkpoint import load_checkpoint, remove_stale_temporary_files, save_c
 from pdl.data import make_loader, tensor_loader
 from pdl.device import get_device
 from pdl.metrics import classification_metrics
-from pdl.train import _len_or_none, fit
+from pdl.train import fit
 from pdl.transfer import _under, freeze, head_path, replace_head
 
 __all__ = [
@@ -115,7 +115,11 @@ def extract_features(
     extractor = extractor.to(device, memory_format=memory_format).eval()
     features, labels = [], []
     # Updated by hand, not tqdm(loader): see pdl.train.train_one_epoch (no second iter(loader)).
-    bar = tqdm(total=_len_or_none(loader), desc="features", leave=False, disable=not progress)
+    try:
+        total = len(loader)
+    except TypeError:  # an iterable dataset need not know its length
+        total = None
+    bar = tqdm(total=total, desc="features", leave=False, disable=not progress)
     with torch.inference_mode():
         for batch in loader:
             images, targets = _images_and_labels(batch)

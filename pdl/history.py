@@ -205,6 +205,22 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {f"lr_{group.get('name', index)}": float(group["lr"]) for index, group in enumerate(groups)}
 
 
+def run_columns(metrics: Mapping[str, Metric] | None, validate: bool, optimizer: torch.optim.Optimizer,
+                fp16: bool) -> list[str]:  # fmt: skip
+    """The columns every row of a run will have, known before it trains (to check ``monitor``).
+
+    Example:
+        >>> from torch import nn
+        >>> run_columns(None, True, torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1), fp16=False)
+        ['epoch', 'train_loss', 'val_loss', 'lr', 'seconds']
+    """
+    names = ["loss", *(metrics.keys() if metrics is not None else [])]
+    columns = ["epoch", *(f"train_{n}" for n in names), *(["train_skipped_steps"] if fp16 else [])]
+    if validate:
+        columns += [f"val_{n}" for n in names]
+    return [*columns, *learning_rates(optimizer), "seconds"]
+
+
 def summary_line(row: Mapping[str, float], epochs: int) -> str:
     """The line ``fit`` prints after an epoch.
 

@@ -24,23 +24,23 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics import Metric, MetricCollection
 from tqdm.auto import tqdm
 
 from pdl.checkpoint import (
     load_checkpoint,
+    loader_generator,
     prepare_checkpoint_dir,
     requested_learning_rates,
     restore_training_state,
     save_checkpoint,
     training_state,
+    warn_if_workers_persist,
 )
 from pdl.device import PrecisionPolicy, get_device, precision_policy, to_device
 from pdl.diagnostics import (
@@ -63,11 +63,14 @@ from pdl.history import (
     Monitor,
     learning_rates,
     log_scalars,
+    run_columns,
     summary_line,
     tensorboard_writer,
 )
 from pdl.plot import LivePlot
 
+# BatchShapeError and NonFiniteLossError live in pdl.diagnostics; they are named here too until
+# notebook 06 and tools/make_figures.py (pdl.train.NonFiniteLossError) import them from there.
 __all__ = ["BatchShapeError", "History", "NonFiniteLossError", "Predictions", "evaluate", "fit", "predict",
            "train_one_epoch"]  # fmt: skip
 
@@ -369,11 +372,11 @@ def fit(
     policy = precision_policy(device, precision)
     scaler = policy.make_scaler()  # a pass-through object unless fp16
     train_metrics, val_metrics = _metric_copies(metrics, device)
-    columns = _columns(train_metrics, val_loader is not None, optimizer, scaler)
+    columns = run_columns(train_metrics, val_loader is not None, optimizer, scaler.is_enabled())
     best = Monitor.choose(monitor, mode, columns, train_metrics)
     check_plateau_mode(scheduler, best.column, best.mode)
     requested_lrs = requested_learning_rates(optimizer)  # what this run asks for, before any training
-    generator = _loader_generator(train_loader)
+    generator = loader_generator(train_loader)  # its state goes into every checkpoint
     if checkpoint_dir is not None:
         checkpoint_dir, removed = prepare_checkpoint_dir(checkpoint_dir)
         if removed:
@@ -389,7 +392,7 @@ def fit(
         )  # fmt: skip
         history, start_epoch = History(rows), done + 1
         best.load_state_dict(saved_monitor)
-        _warn_if_workers_persist(train_loader)
+        warn_if_workers_persist(train_loader)
         if progress:
             print(f"Resumed from {resume} after epoch {done}.")
 
@@ -457,19 +460,8 @@ def fit(
 
 
 # --------------------------------------------------------------------------------------
-# Helpers: columns, metrics, devices, loaders
+# Helpers: metrics, devices, loaders
 # --------------------------------------------------------------------------------------
-
-
-def _columns(metrics: MetricCollection | None, validate: bool, optimizer, scaler) -> list[str]:
-    """The columns every row of this run will have, known before training (to check ``monitor``)."""
-    names = ["loss", *(metrics.keys() if metrics is not None else [])]
-    columns = ["epoch", *(f"train_{n}" for n in names)]
-    if scaler.is_enabled():
-        columns.append("train_skipped_steps")
-    if validate:
-        columns += [f"val_{n}" for n in names]
-    return [*columns, *learning_rates(optimizer), "seconds"]
 
 
 def _metric_copies(
@@ -500,27 +492,3 @@ def _len_or_none(loader: Iterable) -> int | None:
         return len(loader)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-def _loader_generator(loader: Iterable) -> torch.Generator | None:
-    """The random generator that shuffles ``loader``, if it has its own (saved for resuming)."""
-    if not isinstance(loader, DataLoader):
-        return None
-    sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
-    for candidate in (loader, sampler, getattr(sampler, "sampler", None)):
-        generator = getattr(candidate, "generator", None)
-        if isinstance(generator, torch.Generator):
-            return generator
-    return None
-
-
-def _warn_if_workers_persist(loader: Iterable) -> None:
-    if isinstance(loader, DataLoader) and loader.persistent_workers and loader.num_workers > 0:
-        warnings.warn(
-            "this training loader keeps its worker processes between epochs (persistent_workers=True): their "
-            "random state is not in the checkpoint, so the resumed run will shuffle and augment differently "
-            "from an uninterrupted one. For an exact resume use persistent_workers=False (pdl.data.make_loader "
-            "does), or num_workers=0.",
-            stacklevel=3,
-        )
-
