@@ -64,8 +64,10 @@ repository: venv
 test: venv data slides/node_modules/.installed site/node_modules/.installed
 	$(PY) -m pytest
 
+# Lint and format check (not part of `make test` until the whole tree has been formatted once).
 lint: venv
 	$(PY) -m ruff check pdl tests tools benchmarks
+	$(PY) -m ruff format --check pdl tests tools benchmarks
 
 benchmarks: venv data
 	$(PY) benchmarks/fit_overhead.py

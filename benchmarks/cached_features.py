@@ -6,7 +6,7 @@ number of epochs, with ``pdl.fit``:
 
 - **through the backbone**: every epoch decodes and transforms each image and runs the frozen
   backbone on it, then the head;
-- **cached**: ``pdl.transfer.cached_features`` runs the backbone once (timed), then each epoch
+- **cached**: ``pdl.features.cached_features`` runs the backbone once (timed), then each epoch
   is the head on a tensor of feature vectors.
 
 It prints the seconds per epoch of each, the ratio, the total for the whole run including the
@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 import pdl
-from pdl.transfer import build_backbone, cached_features, feature_extractor, preprocessing
+from pdl.features import cached_features, feature_extractor
+from pdl.weights import build_backbone, preprocessing
 
 
 def main() -> None:

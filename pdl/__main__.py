@@ -26,15 +26,15 @@ def main(argv: list[str] | None = None) -> int:
         return grading.run(args)
 
     if args.command == "doctor":
-        from pdl.data import data_root, mirror_dir
         from pdl.device import print_environment
+        from pdl.store import data_root, mirror_dir
 
         print_environment()
         print(f"{'data root':<16}  {data_root()}")
         print(f"{'data mirror':<16}  {mirror_dir() or '(none; set PDL_DATA_MIRROR)'}")
         return 0
 
-    from pdl.data import RESOURCES, data_root, fetch_all, mirror_dir
+    from pdl.store import RESOURCES, data_root, extra_files, fetch_all, mirror_dir
 
     unknown = [name for name in args.names if name not in RESOURCES]
     if unknown:
@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
             where = {"root": "already in the data root", "mirror": "copied from the mirror",
                      "download": "downloaded"}[outcome]
             print(f"[ok] {name:<22} {where}, verified: {path}")
+            extras = extra_files(RESOURCES[name], data_root())
+            if extras:
+                print(f"     {len(extras)} other file(s) there are not part of it and were left alone, "
+                      f"e.g. {extras[0]}")
     return 1 if failed else 0
 
 

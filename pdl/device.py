@@ -12,7 +12,6 @@ has to write ``if torch.cuda.is_available()`` again:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import random
@@ -37,19 +36,32 @@ def get_device(prefer: torch.device | str | None = None) -> torch.device:
         >>> get_device("cpu")
         device(type='cpu')
     """
-    choice = prefer or os.environ.get(DEVICE_ENV_VAR)
-    if choice:
+    from_environment = prefer is None and bool(os.environ.get(DEVICE_ENV_VAR))
+    choice = prefer if prefer is not None else os.environ.get(DEVICE_ENV_VAR)
+    if not choice:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    asked = f"{DEVICE_ENV_VAR}={choice!r} (an environment variable)" if from_environment else f"device {choice!r}"
+    unset = f"; or unset {DEVICE_ENV_VAR} to let pdl choose" if from_environment else ""
+    try:
         device = torch.device(choice)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"Device {choice!r} was requested but CUDA is not available here.")
-        if device.type == "mps" and not _mps_available():
-            raise RuntimeError(f"Device {choice!r} was requested but Apple MPS is not available here.")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if _mps_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{asked} is not a device: use 'cpu', 'cuda', 'cuda:1' or 'mps'{unset}.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{asked} was requested but CUDA is not available here: use 'cpu'{unset}.")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise RuntimeError(
+                f"{asked} was requested but this machine has {count} CUDA device(s): "
+                f"{', '.join(f'cuda:{i}' for i in range(count))}; use one of them{unset}."
+            )
+    if device.type == "mps" and not _mps_available():
+        raise RuntimeError(f"{asked} was requested but Apple MPS is not available here: use 'cpu'{unset}.")
+    return device
 
 
 def _mps_available() -> bool:
@@ -58,10 +70,12 @@ def _mps_available() -> bool:
 
 @dataclass(frozen=True)
 class PrecisionPolicy:
-    """How one device trains: the autocast dtype (None = plain fp32) and the gradient scaler.
+    """How one device trains: the autocast dtype (None = plain fp32) and whether fp16 needs a scaler.
 
-    Use ``policy.autocast()`` around the forward pass and the loss, and ``policy.make_scaler()``
-    once per training run (it returns None when no scaling is needed).
+    The training loop has one path for every precision: ``torch.autocast(device_type,
+    dtype=policy.dtype, enabled=policy.enabled)`` around the forward pass and the loss, and a
+    ``policy.make_scaler()``, a ``torch.amp.GradScaler`` that is switched off (it passes
+    everything straight through) unless fp16 needs it.
     """
 
     device_type: str
@@ -77,8 +91,8 @@ class PrecisionPolicy:
         # is scaled up first. bf16 has float32's range, so it needs no scaler.
         return self.dtype == torch.float16
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """An autocast context for this policy (a no-op context when disabled).
+    def autocast(self) -> torch.autocast:
+        """The autocast context of this policy (switched off when there is nothing to cast).
 
         Example:
             >>> policy = precision_policy(torch.device("cpu"))
@@ -87,20 +101,19 @@ class PrecisionPolicy:
             >>> y.dtype
             torch.float32
         """
-        if not self.enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
 
-    def make_scaler(self) -> torch.amp.GradScaler | None:
-        """A fresh ``torch.amp.GradScaler`` when fp16 needs one, else None.
+    def make_scaler(self) -> torch.amp.GradScaler:
+        """A fresh ``torch.amp.GradScaler``, enabled only when fp16 needs one.
+
+        A disabled scaler is a no-op object: ``scale(loss)`` returns the loss, ``step(optimizer)``
+        calls ``optimizer.step()``, so the loop needs no ``if`` for it.
 
         Example:
-            >>> precision_policy(torch.device("cpu")).make_scaler() is None
-            True
+            >>> precision_policy(torch.device("cpu")).make_scaler().is_enabled()
+            False
         """
-        if not self.needs_scaler:
-            return None
-        return torch.amp.GradScaler(self.device_type)
+        return torch.amp.GradScaler(self.device_type, enabled=self.needs_scaler)
 
     def __str__(self) -> str:
         if not self.enabled:
@@ -117,8 +130,11 @@ def precision_policy(device: torch.device | str, precision: str = "auto") -> Pre
 
     What "auto" picks, and why:
 
-    - CUDA: bf16 autocast where the GPU supports it (Ampere and newer): as fast as fp16 and
-      with float32's exponent range, so no gradient scaler. Older GPUs: fp16 + GradScaler.
+    - CUDA: bf16 autocast on GPUs with native bf16 (compute capability 8.0 and up: A100, RTX 30xx
+      and newer): as fast as fp16 and with float32's exponent range, so no gradient scaler.
+      Older GPUs (Colab's T4 is 7.5, a V100 7.0) get fp16 + GradScaler: there bf16 is only
+      emulated and slow, although ``torch.cuda.is_bf16_supported()`` says True (it counts
+      emulation), so pdl asks for the compute capability instead.
     - CPU: plain float32. On CPUs without native bf16 instructions (most laptops, and the
       machines this course was measured on) bf16 autocast is 8-130x *slower* than float32.
       Ask for "bf16" explicitly if you know your CPU has AMX/AVX512-BF16.
@@ -138,8 +154,8 @@ def precision_policy(device: torch.device | str, precision: str = "auto") -> Pre
     if precision != "auto":
         return PrecisionPolicy(device.type, _PRECISIONS[precision])
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return PrecisionPolicy("cuda", dtype)
+        native_bf16 = torch.cuda.get_device_capability(device) >= (8, 0)
+        return PrecisionPolicy("cuda", torch.bfloat16 if native_bf16 else torch.float16)
     return PrecisionPolicy(device.type, None)
 
 
@@ -204,7 +220,10 @@ def environment_report(device: torch.device | str | None = None) -> dict[str, st
     import torchvision  # imported here: only the report needs it
 
     device = torch.device(device) if device is not None else get_device()
+    from pdl import __version__
+
     report = {
+        "pdl": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
@@ -219,6 +238,7 @@ def environment_report(device: torch.device | str | None = None) -> dict[str, st
         props = torch.cuda.get_device_properties(device)
         report["gpu"] = props.name
         report["gpu memory"] = f"{props.total_memory / 2**30:.1f} GiB"
+        report["compute capability"] = f"{props.major}.{props.minor}"
         report["cuda version"] = str(torch.version.cuda)
     return report
 
@@ -228,7 +248,7 @@ def print_environment(device: torch.device | str | None = None) -> None:
 
     Example:
         >>> print_environment("cpu")  # doctest: +ELLIPSIS
-        python ...
+        pdl ...
     """
     report = environment_report(device)
     width = max(len(key) for key in report)

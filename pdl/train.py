@@ -5,16 +5,18 @@ Read it top to bottom: ``fit`` is the loop you wrote by hand,
     for epoch in range(epochs):
         model.train()
         for inputs, targets in train_loader:
-            outputs = model(inputs)
-            loss = loss_fn(outputs, targets)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            outputs = model(inputs)            # 1. forward
+            loss = loss_fn(outputs, targets)   # 2. loss
+            optimizer.zero_grad()              # 3. zero the old gradients
+            loss.backward()                    # 4. backward
+            optimizer.step()                   # 5. step
         evaluate(model, val_loader)
 
 plus options you switch on with plain keyword arguments: a device, mixed precision,
 an LR scheduler, gradient clipping and accumulation, metrics, a progress bar, TensorBoard,
-checkpoints, resuming and early stopping. No callbacks, no hidden state.
+checkpoints, resuming and early stopping. No callbacks, no hidden state. The checks that
+explain mistakes live in ``pdl.diagnostics``, what a checkpoint holds in ``pdl.checkpoint``,
+the record of the run in ``pdl.history``.
 """
 
 from __future__ import annotations
@@ -23,105 +25,54 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics import Metric, MetricCollection
 from tqdm.auto import tqdm
 
-from pdl.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from pdl.checkpoint import (
+    load_checkpoint,
+    loader_generator,
+    prepare_checkpoint_dir,
+    requested_learning_rates,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+    warn_if_workers_persist,
+)
 from pdl.device import PrecisionPolicy, get_device, precision_policy, to_device
-from pdl.plot import LivePlot, plot_history
+from pdl.diagnostics import (
+    BatchShapeError,
+    NonFiniteLossError,
+    check_class_indices,
+    check_fit_arguments,
+    check_loader,
+    check_loss_fn,
+    check_plateau_mode,
+    check_training_arguments,
+    check_validation_loss,
+    forward_with_diagnostics,
+    no_batches_error,
+    non_finite_loss_error,
+    split_batch,
+)
+from pdl.history import (
+    History,
+    Monitor,
+    learning_rates,
+    log_scalars,
+    run_columns,
+    summary_line,
+    tensorboard_writer,
+)
+from pdl.plot import LivePlot
 
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training cannot continue from there."""
-
-
-class BatchShapeError(ValueError):
-    """The model's outputs and the targets do not fit the loss function."""
-
-
-# --------------------------------------------------------------------------------------
-# History: what fit returns
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class History:
-    """Per-epoch records of a ``fit`` run: losses, metrics, learning rate and seconds.
-
-    ``history["val_loss"]`` is the list of validation losses, one per epoch;
-    ``history.to_dict()`` gives every column; ``history.plot()`` draws the curves.
-
-    Example:
-        >>> h = History([{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": 0.5}])
-        >>> h["train_loss"], len(h)
-        ([0.9, 0.5], 2)
-    """
-
-    rows: list[dict[str, float]] = field(default_factory=list)
-    interrupted: bool = False  # True when Ctrl-C ended the run early
-    skipped_steps: int = 0  # fp16 steps the GradScaler skipped because of inf/NaN gradients
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, key: str) -> list[float]:
-        if key not in self.keys():
-            raise KeyError(f"no column {key!r} in this history; columns: {', '.join(self.keys())}")
-        return [row.get(key, math.nan) for row in self.rows]
-
-    def keys(self) -> list[str]:
-        """Column names in first-seen order.
-
-        Example:
-            >>> History([{"epoch": 1, "train_loss": 0.9}]).keys()
-            ['epoch', 'train_loss']
-        """
-        names: dict[str, None] = {}
-        for row in self.rows:
-            names.update(dict.fromkeys(row))
-        return list(names)
-
-    def to_dict(self) -> dict[str, list[float]]:
-        """Every column as a list, e.g. for ``pandas.DataFrame(history.to_dict())``.
-
-        Example:
-            >>> History([{"epoch": 1, "train_loss": 0.9}]).to_dict()
-            {'epoch': [1], 'train_loss': [0.9]}
-        """
-        return {key: self[key] for key in self.keys()}
-
-    def plot(self, **kwargs: Any):
-        """Plot the loss curves (and metrics) with ``pdl.plot.plot_history``; returns the axes.
-
-        Example:
-            >>> ax = History([{"epoch": 1, "train_loss": 0.9}]).plot()
-            >>> ax.get_yscale()
-            'log'
-        """
-        return plot_history(self, **kwargs)
-
-    def __repr__(self) -> str:
-        if not self.rows:
-            return "History(empty)"
-        keys = self.keys()
-        lines = ["  ".join(f"{k:>12}" for k in keys)]
-        for row in self.rows:
-            lines.append("  ".join(_format_cell(row.get(k, math.nan)) for k in keys))
-        flags = " (interrupted)" if self.interrupted else ""
-        return f"History: {len(self)} epochs{flags}\n" + "\n".join(lines)
-
-
-def _format_cell(value: float) -> str:
-    if isinstance(value, int) or float(value).is_integer():
-        return f"{value:>12g}"
-    return f"{value:>12.4g}"
+# BatchShapeError and NonFiniteLossError live in pdl.diagnostics; they are named here too until
+# notebook 06 and tools/make_figures.py (pdl.train.NonFiniteLossError) import them from there.
+__all__ = ["BatchShapeError", "History", "NonFiniteLossError", "Predictions", "evaluate", "fit", "predict",
+           "train_one_epoch"]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -149,103 +100,96 @@ def train_one_epoch(
 
     Each batch must be ``(inputs, targets)``. ``step_scheduler`` is stepped after every
     optimizer step (e.g. ``OneCycleLR``); ``accumulate_steps=k`` adds up the gradients of
-    k batches before one optimizer step (an effective batch k times larger).
-    The returned dict also holds ``skipped_steps``: fp16 steps the GradScaler skipped.
+    k batches before one optimizer step (an effective batch k times larger). With fp16
+    (``scaler`` enabled) the result also holds ``skipped_steps``: steps the GradScaler
+    skipped because a gradient was inf/NaN.
 
     Example:
         >>> model = nn.Linear(3, 2)
         >>> loader = [(torch.randn(8, 3), torch.randint(0, 2, (8,)))] * 4
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> sorted(train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, device="cpu"))
-        ['loss', 'skipped_steps']
+        ['loss']
     """
     device = _resolve_device(model, device)
     policy = policy or precision_policy(device, "fp32")
-    if accumulate_steps < 1:
-        raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
+    scaler = scaler or policy.make_scaler()  # disabled unless fp16: then it passes everything through
+    check_training_arguments(model, loss_fn, optimizer, grad_clip, accumulate_steps)
     model.train()
     if metrics is not None:
         metrics.reset()
-    total_loss, total_samples, skipped = 0.0, 0, 0
+    loss_sum, sample_count, skipped_steps = 0.0, 0, 0  # plain local totals, easy to add up across processes
     n_batches = _len_or_none(loader)
     # The bar is updated by hand instead of wrapping the loader: tqdm.auto's async-friendly
     # class calls iter(loader) once more when it wraps one, which would draw an extra shuffle
     # seed from the global RNG (and start DataLoader workers twice).
     bar = tqdm(total=n_batches, desc=f"epoch {epoch} train", leave=False, disable=not progress)
-    optimizer.zero_grad(set_to_none=True)
     step = 0
     for step, batch in enumerate(loader, start=1):
-        inputs, targets = _split_batch(batch, device)
-        with policy.autocast():
-            outputs = _forward(model, inputs, first=step == 1)
+        inputs, targets = split_batch(batch, device)
+        with torch.autocast(device.type, dtype=policy.dtype, enabled=policy.enabled):
             if step == 1:
-                check_outputs_and_targets(outputs, targets, loss_fn)
-            loss = loss_fn(outputs, targets)
-
+                # First-batch diagnostics: the same two steps, with a mistake in the data, the
+                # model or the loss (a shape, a dtype, a class index...) explained in plain words.
+                outputs, loss = forward_with_diagnostics(model, loss_fn, inputs, targets, metrics)
+            else:
+                outputs = model(inputs)  # 1. forward
+                check_class_indices(outputs, targets, loss_fn)  # cheap: a bad label in batch 500 is caught too
+                loss = loss_fn(outputs, targets)  # 2. loss
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"The loss became {loss_value} at epoch {epoch}, step {step}"
-                f"{f' of {n_batches}' if n_batches else ''}. Usual causes: a learning rate that is "
-                "too high, inputs that are not normalized, a log or division of zero in a custom "
-                "loss. Try a 10x smaller learning rate, or gradient clipping (grad_clip=1.0)."
-            )
-        # With accumulation, each batch contributes 1/k of the gradient of the big batch.
-        scaled_loss = loss / accumulate_steps if accumulate_steps > 1 else loss
-        if scaler is not None:
-            scaler.scale(scaled_loss).backward()
-        else:
-            scaled_loss.backward()
+            raise non_finite_loss_error(loss_value, epoch, step, n_batches)
 
+        if (step - 1) % accumulate_steps == 0:
+            optimizer.zero_grad(set_to_none=True)  # 3. zero the gradients of the previous step
+        # 4. backward. With accumulation each batch adds 1/k of the big batch's gradient;
+        # with fp16 the scaler multiplies the loss first so that small gradients do not underflow.
+        scaler.scale(loss / accumulate_steps).backward()
         if step % accumulate_steps == 0:
-            skipped += _optimizer_step(model, optimizer, scaler, grad_clip, step_scheduler)
+            skipped_steps += _optimizer_step(model, optimizer, scaler, grad_clip, step_scheduler)  # 5. step
 
         batch_size = len(targets)
-        total_loss += loss_value * batch_size
-        total_samples += batch_size
+        loss_sum += loss_value * batch_size
+        sample_count += batch_size
         if metrics is not None:
             metrics.update(outputs.detach().float(), targets)
         bar.update()
         if progress and step % 10 == 0:
-            bar.set_postfix(loss=f"{total_loss / total_samples:.4f}", refresh=False)
+            bar.set_postfix(loss=f"{loss_sum / sample_count:.4f}", refresh=False)
     bar.close()
 
+    if step == 0:
+        raise no_batches_error("the training loader", epoch)
     if step % accumulate_steps != 0:
         # The last batches did not fill a group of accumulate_steps: step with what they added.
-        skipped += _optimizer_step(model, optimizer, scaler, grad_clip, step_scheduler)
-    results = {"loss": total_loss / max(total_samples, 1)}
+        skipped_steps += _optimizer_step(model, optimizer, scaler, grad_clip, step_scheduler)
+    optimizer.zero_grad(set_to_none=True)  # free the gradients' memory until the next epoch
+    results = {"loss": loss_sum / sample_count}
     if metrics is not None:
         results.update(_compute(metrics))
-    results["skipped_steps"] = skipped
+    if scaler.is_enabled():
+        results["skipped_steps"] = skipped_steps
     return results
 
 
 def _optimizer_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
+    scaler: torch.amp.GradScaler,
     grad_clip: float | None,
-    step_scheduler: Any | None = None,
+    step_scheduler: Any | None,
 ) -> int:
-    """One optimizer step (with clipping and fp16 scaling), then zero the gradients and step a
-    per-step scheduler; returns 1 if the scaler skipped the step."""
-    skipped = 0
-    if scaler is None:
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-    else:
-        if grad_clip is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scale_before = scaler.get_scale()
-        scaler.step(optimizer)  # skipped internally if any gradient is inf/NaN
-        scaler.update()  # ... and then the scale shrinks
-        skipped = int(scaler.get_scale() < scale_before)
-    optimizer.zero_grad(set_to_none=True)
-    if step_scheduler is not None:
-        step_scheduler.step()
-    return skipped
+    """Clip, step through the scaler, step a per-step scheduler; return 1 if fp16 skipped the step."""
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones (no-op without fp16)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scale_before = scaler.get_scale()
+    scaler.step(optimizer)  # fp16: skipped if any gradient is inf/NaN ...
+    scaler.update()  # ... and then the scale shrinks
+    skipped = scaler.get_scale() < scale_before
+    if step_scheduler is not None and not skipped:
+        step_scheduler.step()  # a skipped step is not a step of the schedule
+    return int(skipped)
 
 
 def evaluate(
@@ -271,26 +215,36 @@ def evaluate(
     """
     device = _resolve_device(model, device)
     policy = policy or precision_policy(device, "fp32")
+    check_loss_fn(loss_fn, required=False)
+    check_loader(loader, "the evaluation loader")
     model.eval()
     if metrics is not None:
         metrics.reset()
-    total_loss, total_samples = 0.0, 0
+    loss_sum, sample_count = 0.0, 0
+    step = 0
     with torch.inference_mode():
         bar = tqdm(total=_len_or_none(loader), desc="evaluate", leave=False, disable=not progress)
-        for batch in loader:  # not tqdm(loader): see train_one_epoch
-            inputs, targets = _split_batch(batch, device)
-            with policy.autocast():
-                outputs = model(inputs)
-                if loss_fn is not None:
-                    total_loss += loss_fn(outputs, targets).item() * len(targets)
-            total_samples += len(targets)
+        for step, batch in enumerate(loader, start=1):  # not tqdm(loader): see train_one_epoch
+            inputs, targets = split_batch(batch, device)
+            with torch.autocast(device.type, dtype=policy.dtype, enabled=policy.enabled):
+                if step == 1:  # first-batch diagnostics, as in train_one_epoch
+                    outputs, loss = forward_with_diagnostics(model, loss_fn, inputs, targets, metrics)
+                else:
+                    outputs = model(inputs)
+                    check_class_indices(outputs, targets, loss_fn)
+                    loss = loss_fn(outputs, targets) if loss_fn is not None else None
+            if loss is not None:
+                loss_sum += loss.item() * len(targets)
+            sample_count += len(targets)
             if metrics is not None:
                 metrics.update(outputs.float(), targets)
             bar.update()
         bar.close()
+    if step == 0:
+        raise no_batches_error("the evaluation loader", 1)
     results = {}
     if loss_fn is not None:
-        results["loss"] = total_loss / max(total_samples, 1)
+        results["loss"] = loss_sum / sample_count
     if metrics is not None:
         results.update(_compute(metrics))
     return results
@@ -328,13 +282,13 @@ def predict(
     with torch.inference_mode():
         for batch in data:
             if isinstance(batch, (tuple, list)) and len(batch) == 2:
-                inputs, batch_targets = batch
+                inputs, batch_targets = split_batch(batch, device)
                 targets.append(batch_targets.cpu())
             elif isinstance(batch, (tuple, list)) and len(batch) == 1:
-                inputs = batch[0]  # DataLoader(TensorDataset(x)) yields one-element lists
+                inputs = to_device(batch[0], device)  # DataLoader(TensorDataset(x)) yields one-element lists
             else:
-                inputs = batch
-            outputs.append(model(to_device(inputs, device)).float().cpu())
+                inputs = to_device(batch, device)
+            outputs.append(model(inputs).float().cpu())
     if not outputs:
         raise ValueError("predict got no data: the loader or tensor is empty")
     return Predictions(torch.cat(outputs), torch.cat(targets) if targets else None)
@@ -363,6 +317,7 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     monitor: str | None = None,
+    mode: str | None = None,
     patience: int | None = None,
     log_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -382,18 +337,23 @@ def fit(
       gradients of this many batches per optimizer step.
     - ``checkpoint_dir``: write ``last.pt`` after every epoch and ``best.pt`` when the
       monitored value improves (atomically; load with ``pdl.checkpoint.load_checkpoint``).
-    - ``resume``: a checkpoint to continue from: weights, optimizer, scheduler, history and
-      random state are restored, and training goes on up to ``epochs`` in total.
+    - ``resume``: a ``last.pt`` to continue from: weights, optimizer, scheduler, history and
+      random state are restored, and training goes on up to ``epochs`` in total. The run
+      continues exactly as it would have without the interruption, so it keeps the saved
+      learning rates: an optimizer that asks for other rates is refused with an explanation
+      (to go on with a new rate, start a new run from the saved weights).
     - ``monitor``: the column that decides "best", default "val_loss" ("train_loss" without
-      validation data); losses are minimized, anything else maximized.
+      validation data); ``mode``: "min" or "max", by default "min" for a loss and the
+      metric's own ``higher_is_better`` for a torchmetrics metric.
       ``patience``: stop after this many epochs without improvement.
     - ``log_dir``: write TensorBoard scalars there (``tensorboard --logdir <log_dir>``).
     - ``progress``: a progress bar per epoch and one summary line per epoch.
     - ``live_plot``: in a notebook, redraw the loss curves after every epoch.
 
-    Ctrl-C (KeyboardInterrupt) stops training cleanly: the model keeps what it learned, the
-    history of the finished epochs is returned (``history.interrupted`` is True) and the
-    checkpoints on disk stay intact. A NaN/inf loss raises ``NonFiniteLossError``.
+    Every argument is checked before the first batch; see ``pdl.diagnostics``. Ctrl-C
+    (KeyboardInterrupt) stops training cleanly: the model keeps what it learned, the history
+    of the finished epochs is returned (``history.interrupted`` is True) and the checkpoints
+    on disk stay intact. A NaN/inf loss raises ``NonFiniteLossError``.
 
     Example:
         >>> model = nn.Linear(3, 2)
@@ -404,51 +364,45 @@ def fit(
         >>> history.keys()
         ['epoch', 'train_loss', 'val_loss', 'lr', 'seconds']
     """
-    if scheduler_interval not in ("epoch", "step"):
-        raise ValueError(f"scheduler_interval must be 'epoch' or 'step', not {scheduler_interval!r}")
     device = get_device(device)
+    check_training_arguments(model, loss_fn, optimizer, grad_clip, accumulate_steps)
+    check_fit_arguments(train_loader, val_loader, epochs=epochs, patience=patience, scheduler=scheduler,
+                        scheduler_interval=scheduler_interval, optimizer=optimizer)  # fmt: skip
     model.to(device)
     policy = precision_policy(device, precision)
-    scaler = policy.make_scaler()
+    scaler = policy.make_scaler()  # a pass-through object unless fp16
     train_metrics, val_metrics = _metric_copies(metrics, device)
-    monitor = monitor or ("val_loss" if val_loader is not None else "train_loss")
-    maximize = "loss" not in monitor
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    generator = _loader_generator(train_loader)
+    columns = run_columns(train_metrics, val_loader is not None, optimizer, scaler.is_enabled())
+    best = Monitor.choose(monitor, mode, columns, train_metrics)
+    check_plateau_mode(scheduler, best.column, best.mode)
+    requested_lrs = requested_learning_rates(optimizer)  # what this run asks for, before any training
+    generator = loader_generator(train_loader)  # its state goes into every checkpoint
+    if checkpoint_dir is not None:
+        checkpoint_dir, removed = prepare_checkpoint_dir(checkpoint_dir)
+        if removed:
+            print(f"Removed {len(removed)} temporary file(s) that an interrupted run left in {checkpoint_dir}: "
+                  + ", ".join(p.name for p in removed))  # fmt: skip
 
-    history = History()
-    best = -math.inf if maximize else math.inf
-    epochs_without_improvement = 0
-    start_epoch = 1
+    history, start_epoch = History(), 1
     if resume is not None:
-        state = load_checkpoint(resume, map_location=device)
-        if state["monitor"] != monitor:
-            # "best" holds a value of the checkpoint's monitor: comparing it with another
-            # quantity (an accuracy against a loss) would pick the wrong best.pt.
-            raise ValueError(
-                f"{resume} was written while monitoring {state['monitor']!r}, but this run monitors "
-                f"{monitor!r}. Resume with monitor={state['monitor']!r} (or start a new run)."
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
-        history = History(rows=list(state["history"]), skipped_steps=state.get("skipped_steps", 0))
-        best, epochs_without_improvement = state["best"], state["epochs_without_improvement"]
-        start_epoch = state["epoch"] + 1
-        restore_rng_state(state["rng"], generator)
+        done, rows, saved_monitor = restore_training_state(
+            load_checkpoint(resume, map_location=device), resume, model=model, optimizer=optimizer,
+            scheduler=scheduler, scaler=scaler, monitor=best.state_dict(), requested_lrs=requested_lrs,
+            generator=generator, epochs=epochs,
+        )  # fmt: skip
+        history, start_epoch = History(rows), done + 1
+        best.load_state_dict(saved_monitor)
+        warn_if_workers_persist(train_loader)
         if progress:
-            print(f"Resumed from {resume} after epoch {state['epoch']}.")
+            print(f"Resumed from {resume} after epoch {done}.")
 
-    writer = _tensorboard_writer(log_dir)
+    writer = tensorboard_writer(log_dir)
     live = LivePlot() if live_plot else None
     epoch = start_epoch - 1
     try:
         for epoch in range(start_epoch, epochs + 1):
             started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
+            rates = learning_rates(optimizer)  # the rates this epoch starts with
             train = train_one_epoch(
                 model, train_loader, loss_fn, optimizer,
                 device=device, policy=policy, scaler=scaler, metrics=train_metrics,
@@ -456,57 +410,41 @@ def fit(
                 grad_clip=grad_clip, accumulate_steps=accumulate_steps,
                 epoch=epoch, progress=progress,
             )  # fmt: skip
-            history.skipped_steps += train.pop("skipped_steps")
-            row: dict[str, float] = {"epoch": epoch}
-            row.update({f"train_{k}": v for k, v in train.items()})
+            row: dict[str, float] = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}}
             if val_loader is not None:
                 val = evaluate(model, val_loader, loss_fn, device=device, metrics=val_metrics, policy=policy)
+                check_validation_loss(val, epoch, train["loss"])
                 row.update({f"val_{k}": v for k, v in val.items()})
-            row["lr"] = lr
+            row.update(rates)
             row["seconds"] = time.perf_counter() - started
             history.rows.append(row)
-
-            if monitor not in row:
-                raise KeyError(f"monitor={monitor!r} is not among the epoch's columns: {', '.join(row)}")
-            value = row[monitor]
-            improved = value > best if maximize else value < best
-            if improved:
-                best, epochs_without_improvement = value, 0
-            else:
-                epochs_without_improvement += 1
+            improved = best.update(row)
             if scheduler is not None and scheduler_interval == "epoch":
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(value)
+                    scheduler.step(row[best.column])
                 else:
                     scheduler.step()
 
             if writer is not None:
-                _log_scalars(writer, row)
+                log_scalars(writer, row)
             if live is not None:
                 live.update(history)
             if progress:
-                tqdm.write(_summary_line(row, epochs))
+                tqdm.write(summary_line(row, epochs))
             if checkpoint_dir is not None:
-                state = {
-                    "format": "pdl-checkpoint-1",
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "history": history.rows,
-                    "skipped_steps": history.skipped_steps,
-                    "monitor": monitor,
-                    "best": best,
-                    "epochs_without_improvement": epochs_without_improvement,
-                    "rng": rng_state(generator),
-                }
-                save_checkpoint(state, checkpoint_dir / "last.pt")
+                state = training_state(
+                    epoch, model, optimizer, scheduler=scheduler, scaler=scaler, history=history.rows,
+                    monitor=best.state_dict(), requested_lrs=requested_lrs, generator=generator,
+                )  # fmt: skip
+                # best.pt first: if the run dies in between, last.pt (the resume point) is the
+                # older one, and resuming repeats this epoch, which writes best.pt again.
                 if improved:
                     save_checkpoint(state, checkpoint_dir / "best.pt")
-            if patience is not None and epochs_without_improvement >= patience:
+                save_checkpoint(state, checkpoint_dir / "last.pt")
+            if patience is not None and best.epochs_without_improvement >= patience:
                 if progress:
-                    print(f"Early stopping: {monitor} has not improved for {patience} epochs (best {best:.4g}).")
+                    print(f"Early stopping: {best.column} has not improved for {patience} epochs "
+                          f"(best {best.best:.4g}).")  # fmt: skip
                 break
     except KeyboardInterrupt:
         history.interrupted = True
@@ -522,94 +460,8 @@ def fit(
 
 
 # --------------------------------------------------------------------------------------
-# Helpers: batches, shapes, metrics, logging
+# Helpers: metrics, devices, loaders
 # --------------------------------------------------------------------------------------
-
-
-def _split_batch(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise TypeError(
-            "each batch must be a pair (inputs, targets); got "
-            + (f"a {type(batch).__name__} of length {len(batch)}" if hasattr(batch, "__len__") else type(batch).__name__)
-        )
-    inputs, targets = to_device(tuple(batch), device, non_blocking=True)
-    return inputs, targets
-
-
-def _forward(model: nn.Module, inputs: Any, first: bool) -> torch.Tensor:
-    if not first:
-        return model(inputs)
-    try:
-        return model(inputs)
-    except RuntimeError as error:
-        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise BatchShapeError(
-            f"The model failed on the first batch, whose inputs have shape {shape}: {error}\n"
-            "Check that the first layer expects this input size (e.g. nn.Linear(784, ...) needs "
-            "flattened 28x28 images: add nn.Flatten() first) and that model and data are on the same device."
-        ) from error
-
-
-_ELEMENTWISE_LOSSES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss, nn.BCEWithLogitsLoss)
-
-
-def check_outputs_and_targets(outputs: torch.Tensor, targets: torch.Tensor, loss_fn: nn.Module) -> None:
-    """Raise ``BatchShapeError`` with a plain explanation if outputs and targets don't fit ``loss_fn``.
-
-    Catches the classic mistakes before they become cryptic errors (or, worse, silent
-    broadcasting): class indices that are floats or out of range for ``CrossEntropyLoss``,
-    and ``(N, 1)`` outputs against ``(N,)`` targets for ``MSELoss``/``BCEWithLogitsLoss``.
-
-    Example:
-        >>> check_outputs_and_targets(torch.zeros(4, 1), torch.zeros(4), nn.MSELoss())
-        Traceback (most recent call last):
-        ...
-        pdl.train.BatchShapeError: MSELoss compares outputs and targets element by element, so their shapes must match, but the model outputs (4, 1) and the targets are (4,). Reshape one of them, e.g. outputs.squeeze(1) or targets.unsqueeze(1) / .view(-1, 1).
-    """
-    if not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
-        return
-    name = type(loss_fn).__name__
-    out, tgt = tuple(outputs.shape), tuple(targets.shape)
-    if isinstance(loss_fn, _ELEMENTWISE_LOSSES):
-        if out != tgt:
-            raise BatchShapeError(
-                f"{name} compares outputs and targets element by element, so their shapes must match, "
-                f"but the model outputs {out} and the targets are {tgt}. Reshape one of them, e.g. "
-                "outputs.squeeze(1) or targets.unsqueeze(1) / .view(-1, 1)."
-            )
-        if isinstance(loss_fn, (nn.BCELoss, nn.BCEWithLogitsLoss)) and not targets.is_floating_point():
-            raise BatchShapeError(f"{name} needs float targets (0.0 / 1.0); got {targets.dtype}. Use targets.float().")
-    elif isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
-        if outputs.ndim < 2:
-            raise BatchShapeError(
-                f"{name} needs one score per class, outputs of shape (batch, classes); got {out}. "
-                "For a single output per sample use BCEWithLogitsLoss instead."
-            )
-        if targets.is_floating_point():
-            if out == tgt:
-                return  # class probabilities (e.g. label smoothing / mixup targets) are fine
-            raise BatchShapeError(
-                f"{name} needs class indices as integers (torch.long) of shape {(out[0], *out[2:])}; "
-                f"got {targets.dtype} targets of shape {tgt}. Use targets.long()."
-            )
-        if tgt != (out[0], *out[2:]):
-            raise BatchShapeError(
-                f"{name}: outputs {out} need targets of shape {(out[0], *out[2:])} (one class index per "
-                f"sample), but the targets are {tgt}."
-            )
-        n_classes = out[1]
-        # Targets equal to ignore_index (-100 by default, often 255 in segmentation) are skipped
-        # by the loss, so only the others must be valid class indices.
-        classes = targets[targets != loss_fn.ignore_index]
-        if classes.numel() == 0:
-            return
-        low, high = int(classes.min()), int(classes.max())
-        if low < 0 or high >= n_classes:
-            raise BatchShapeError(
-                f"The targets contain class {high if high >= n_classes else low}, but the model "
-                f"outputs {n_classes} scores per sample (classes 0..{n_classes - 1}). "
-                "Does the last layer have as many outputs as there are classes?"
-            )
 
 
 def _metric_copies(
@@ -630,7 +482,7 @@ def _compute(metrics: MetricCollection) -> dict[str, float]:
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
     """The device asked for, else the one the model's parameters are on."""
     if device is not None:
-        return torch.device(device)
+        return get_device(device)
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
@@ -640,45 +492,3 @@ def _len_or_none(loader: Iterable) -> int | None:
         return len(loader)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-def _loader_generator(loader: Iterable) -> torch.Generator | None:
-    """The random generator that shuffles ``loader``, if it has its own (saved for resuming)."""
-    if not isinstance(loader, DataLoader):
-        return None
-    sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
-    for candidate in (loader, sampler, getattr(sampler, "sampler", None)):
-        generator = getattr(candidate, "generator", None)
-        if isinstance(generator, torch.Generator):
-            return generator
-    return None
-
-
-def _tensorboard_writer(log_dir: str | os.PathLike | None):
-    if log_dir is None:
-        return None
-    from torch.utils.tensorboard import SummaryWriter  # imported only when logging is asked for
-
-    return SummaryWriter(log_dir=str(log_dir))
-
-
-def _log_scalars(writer, row: dict[str, float]) -> None:
-    # Tags "loss/train" and "loss/val" put train and validation side by side in TensorBoard.
-    epoch = int(row["epoch"])
-    for key, value in row.items():
-        if key.startswith(("train_", "val_")):
-            split, name = key.split("_", 1)
-            writer.add_scalar(f"{name}/{split}", value, epoch)
-    writer.add_scalar("lr", row["lr"], epoch)
-    writer.add_scalar("seconds_per_epoch", row["seconds"], epoch)
-    writer.flush()
-
-
-def _summary_line(row: dict[str, float], epochs: int) -> str:
-    parts = [f"epoch {int(row['epoch'])}/{epochs}"]
-    for key, value in row.items():
-        if key.startswith(("train_", "val_")):
-            parts.append(f"{key} {value:.4f}")
-    parts.append(f"lr {row['lr']:.3g}")
-    parts.append(f"{row['seconds']:.1f}s")
-    return "  ".join(parts)

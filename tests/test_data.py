@@ -1,4 +1,5 @@
-"""pdl.data: resolution (root -> mirror -> download), verification, loaders, the data command."""
+"""pdl.store and pdl.data: resolution (root -> mirror -> download), verification and repair by
+manifest, datasets and loaders, the data command."""
 
 from __future__ import annotations
 
@@ -12,25 +13,23 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import pdl.data as data
+import pdl.store as store
 from pdl.data import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    RESOURCES,
-    DatasetNotFoundError,
-    ensure_with_source,
     fashion_mnist_dataset,
     fashion_mnist_tensors,
     hymenoptera_datasets,
     make_loader,
     tensor_loader,
     train_val_split,
-    verify,
 )
+from pdl.store import RESOURCES, DatasetNotFoundError, ensure_with_source, extra_files, verify
 
 
 @pytest.fixture
 def mirror() -> Path:
-    path = data.mirror_dir()
+    path = store.mirror_dir()
     if path is None:
         pytest.fail("these tests use the offline mirror: set PDL_DATA_MIRROR (.ci/run does)")
     return path
@@ -41,7 +40,7 @@ def empty_root(tmp_path, monkeypatch):
     """A fresh, empty data root, and no memory of earlier verifications."""
     root = tmp_path / "root"
     monkeypatch.setenv("PDL_DATA_ROOT", str(root))
-    monkeypatch.setattr(data, "_verified", {})
+    monkeypatch.setattr(store, "_verified", {})
     return root
 
 
@@ -49,7 +48,7 @@ def test_mirror_copy_then_found_in_root(empty_root, mirror, monkeypatch):
     path, source = ensure_with_source("fashion-mnist")
     assert source == "mirror" and path == empty_root / "FashionMNIST" / "raw"
     assert verify(RESOURCES["fashion-mnist"], empty_root) is None
-    monkeypatch.setattr(data, "_verified", {})
+    monkeypatch.setattr(store, "_verified", {})
     monkeypatch.delenv("PDL_DATA_MIRROR")
     assert ensure_with_source("fashion-mnist")[1] == "root"  # verified in place, mirror not needed
     assert not list(empty_root.glob(".incoming-*")), "temporary folders must be cleaned up"
@@ -68,16 +67,54 @@ def test_damaged_copy_is_detected_and_replaced(empty_root, mirror, monkeypatch):
     damaged[100] ^= 0xFF
     labels.write_bytes(bytes(damaged))
     assert "checksum mismatch" in verify(RESOURCES["fashion-mnist"], empty_root)
-    monkeypatch.setattr(data, "_verified", {})
+    monkeypatch.setattr(store, "_verified", {})
     assert ensure_with_source("fashion-mnist")[1] == "mirror"  # repaired from the mirror
     assert verify(RESOURCES["fashion-mnist"], empty_root) is None
 
 
-def test_extra_or_missing_files_in_a_folder_dataset_are_detected(tmp_path, mirror):
+def test_missing_files_are_detected_and_files_not_in_the_manifest_do_not_count(tmp_path, mirror):
     copy = tmp_path / "hymenoptera_data"
     shutil.copytree(mirror / "hymenoptera_data", copy)
-    (copy / "train" / "ants" / "extra.jpg").write_bytes(b"not an ant")
-    assert "holds 399 files, expected 398" in verify(RESOURCES["hymenoptera"], tmp_path)
+    (copy / "train" / "ants" / "my_photo.jpg").write_bytes(b"a photo of my own")
+    assert verify(RESOURCES["hymenoptera"], tmp_path) is None  # the dataset's 398 files are intact
+    assert extra_files(RESOURCES["hymenoptera"], tmp_path) == ["train/ants/my_photo.jpg"]
+    (copy / "val" / "bees" / "10870992_eebeeb3a12.jpg").unlink()
+    assert "1 of 398 files under" in verify(RESOURCES["hymenoptera"], tmp_path)
+    assert "val/bees/10870992_eebeeb3a12.jpg (missing)" in verify(RESOURCES["hymenoptera"], tmp_path)
+
+
+def test_a_repair_replaces_only_the_datasets_damaged_files_and_keeps_yours(empty_root, mirror, monkeypatch, capsys):
+    """The data-loss case: a photo you added must survive a repair of the dataset around it."""
+    folder, _ = ensure_with_source("hymenoptera")
+    photo = folder / "train" / "ants" / "my_photo.jpg"
+    photo.write_bytes(b"a photo of my own")
+    notes = folder / "NOTES.txt"
+    notes.write_text("my notes")
+    damaged = folder / "train" / "ants" / "0013035.jpg"
+    damaged.write_bytes(b"damaged")
+    (folder / "val" / "bees" / "10870992_eebeeb3a12.jpg").unlink()
+    monkeypatch.setattr(store, "_verified", {})
+    capsys.readouterr()
+    path, source = ensure_with_source("hymenoptera")  # quiet, but a repair is always reported
+    out = capsys.readouterr().out
+    assert (path, source) == (folder, "mirror")
+    assert photo.read_bytes() == b"a photo of my own" and notes.read_text() == "my notes"
+    assert damaged.read_bytes() == (mirror / "hymenoptera_data/train/ants/0013035.jpg").read_bytes()
+    assert verify(RESOURCES["hymenoptera"], empty_root) is None
+    assert "repaired 2 of 398 files" in out
+    assert "train/ants/0013035.jpg (checksum mismatch)" in out and "val/bees/10870992_eebeeb3a12.jpg (missing)" in out
+    assert "Left alone 2 file(s) that are not part of the dataset: NOTES.txt, train/ants/my_photo.jpg" in out
+    assert "pdl never deletes a file it did not create" in out
+
+
+def test_the_hymenoptera_manifest_is_the_published_file_list():
+    resource = RESOURCES["hymenoptera"]
+    assert len(resource.files) == 398 and "train/ants/imageNotFound.gif" in resource.files
+    assert any(" " in name for name in resource.files)  # the one file name with a space
+    listing = "".join(f"{digest}  ./{name}\n" for name, digest in resource.files.items())
+    import hashlib
+
+    assert hashlib.sha256(listing.encode()).hexdigest() == resource.manifest_sha256  # the mirror README's digest
 
 
 def test_offline_without_copy_names_dataset_url_and_folder(empty_root, monkeypatch):
@@ -96,7 +133,7 @@ def test_failed_download_gives_the_same_clear_error(empty_root, monkeypatch):
     monkeypatch.delenv("PDL_DATA_MIRROR", raising=False)
     monkeypatch.delenv("PDL_OFFLINE", raising=False)
     unreachable = {name: f"http://127.0.0.1:9/{name}.gz" for name in RESOURCES["fashion-mnist"].file_urls}
-    broken = data.Resource(**{**RESOURCES["fashion-mnist"].__dict__, "file_urls": unreachable})
+    broken = store.Resource(**{**RESOURCES["fashion-mnist"].__dict__, "file_urls": unreachable})
     monkeypatch.setitem(RESOURCES, "fashion-mnist", broken)
     with pytest.raises(DatasetNotFoundError, match=r"(?s)'fashion-mnist'.*127\.0\.0\.1:9.*The download failed"):
         ensure_with_source("fashion-mnist")
@@ -107,7 +144,7 @@ def test_pdl_offline_0_is_online_so_a_failed_download_says_so(empty_root, monkey
     monkeypatch.delenv("PDL_DATA_MIRROR", raising=False)
     monkeypatch.setenv("PDL_OFFLINE", "0")  # "0" means online (see data.offline)
     unreachable = {name: f"http://127.0.0.1:9/{name}.gz" for name in RESOURCES["fashion-mnist"].file_urls}
-    broken = data.Resource(**{**RESOURCES["fashion-mnist"].__dict__, "file_urls": unreachable})
+    broken = store.Resource(**{**RESOURCES["fashion-mnist"].__dict__, "file_urls": unreachable})
     monkeypatch.setitem(RESOURCES, "fashion-mnist", broken)
     with pytest.raises(DatasetNotFoundError) as error:
         ensure_with_source("fashion-mnist")
@@ -132,6 +169,9 @@ def test_fashion_mnist_tensors_are_standardized_with_the_stated_statistics():
     assert torch.equal(torch.bincount(fashion_mnist_tensors("test")[1]), torch.full((10,), 1000))
     with pytest.raises(ValueError, match="split must be one of train, test"):
         fashion_mnist_tensors("val")
+    for bad in (-5, 0, 2.5, True):  # limit=-5 used to keep all but 5 samples
+        with pytest.raises(ValueError, match="limit must be a positive number of samples"):
+            fashion_mnist_tensors("test", limit=bad)
 
 
 def test_fashion_mnist_dataset_matches_the_tensors():
@@ -155,6 +195,10 @@ def test_tensor_loader_yields_the_same_batches_as_a_plain_dataloader():
     assert len(fast) == 4
     with pytest.raises(ValueError, match="same length"):
         tensor_loader(x, y[:10])
+    with pytest.raises(ValueError, match="empty tensors"):
+        tensor_loader(x[:0], y[:0])
+    with pytest.raises(TypeError, match=r"needs torch tensors, got ndarray.*torch.from_numpy"):
+        tensor_loader(x.numpy(), y)
 
 
 def test_hymenoptera_image_folders():
@@ -181,6 +225,8 @@ def test_train_val_split_is_reproducible_and_disjoint():
 def test_make_loader_defaults(monkeypatch):
     loader = make_loader(TensorDataset(torch.zeros(10, 3)), batch_size=4, num_workers=0)
     assert len(loader) == 3 and loader.num_workers == 0 and not loader.pin_memory
+    # Workers start afresh every epoch, seeded by the loader: what makes resuming exact.
+    assert not make_loader(TensorDataset(torch.zeros(10, 3)), num_workers=2).persistent_workers
     monkeypatch.setattr(data.sys, "platform", "darwin")
     monkeypatch.setitem(sys.modules, "ipykernel", sys)  # pretend to run inside Jupyter
     monkeypatch.setattr("multiprocessing.get_start_method", lambda allow_none=False: "spawn")

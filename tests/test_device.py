@@ -27,23 +27,51 @@ def test_environment_variable_forces_a_device(monkeypatch):
     assert get_device() == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("PDL_DEVICE", "cuda")
-    with pytest.raises(RuntimeError, match="'cuda' was requested but CUDA is not available"):
+    with pytest.raises(RuntimeError, match=r"PDL_DEVICE='cuda' \(an environment variable\) was requested but CUDA is not available"):
         get_device()
+
+
+def test_a_device_name_that_is_not_one_names_where_it_came_from(monkeypatch):
+    monkeypatch.setenv("PDL_DEVICE", "banana")
+    with pytest.raises(ValueError, match=r"PDL_DEVICE='banana' \(an environment variable\) is not a device: .*unset PDL_DEVICE"):
+        get_device()
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a device: use 'cpu', 'cuda'"):
+        get_device("gpu")
+
+
+def test_a_gpu_index_beyond_the_machine_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match=r"device 'cuda:3' was requested but this machine has 1 CUDA device\(s\): cuda:0"):
+        get_device("cuda:3")
+    assert get_device("cuda:0") == torch.device("cuda:0")
 
 
 def test_precision_policy_per_device(monkeypatch):
     cpu = precision_policy("cpu")
-    assert cpu.dtype is None and not cpu.enabled and cpu.make_scaler() is None
+    assert cpu.dtype is None and not cpu.enabled and not cpu.make_scaler().is_enabled()
     assert precision_policy("mps").dtype is None
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert precision_policy("cuda").dtype == torch.bfloat16 and not precision_policy("cuda").needs_scaler
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    old_gpu = precision_policy("cuda")
-    assert old_gpu.dtype == torch.float16 and old_gpu.needs_scaler
     assert precision_policy("cpu", "bf16").dtype == torch.bfloat16
     assert precision_policy("cuda", "fp32").dtype is None
     with pytest.raises(ValueError, match="precision must be"):
         precision_policy("cpu", "half")
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [((8, 0), torch.bfloat16), ((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16),  # A100, RTX 30xx, H100
+     ((7, 5), torch.float16), ((7, 0), torch.float16), ((6, 1), torch.float16)],  # T4 (Colab), V100, P100
+)  # fmt: skip
+def test_auto_precision_on_cuda_follows_the_compute_capability(monkeypatch, capability, dtype):
+    # A T4 "supports" bf16 only by emulation (torch.cuda.is_bf16_supported() says True there):
+    # pdl must pick fp16 + GradScaler. Simulated: there is no GPU on the test machines.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    policy = precision_policy("cuda")
+    assert policy.dtype == dtype and policy.needs_scaler == (dtype == torch.float16)
+    assert ("GradScaler" in str(policy)) == (dtype == torch.float16)
+
+
 
 
 def test_autocast_changes_matmul_dtype_only_when_enabled():
@@ -53,7 +81,8 @@ def test_autocast_changes_matmul_dtype_only_when_enabled():
     with precision_policy("cpu", "bf16").autocast():
         assert (a @ b).dtype == torch.bfloat16
     policy = precision_policy("cpu", "fp16")
-    assert isinstance(policy.make_scaler(), torch.amp.GradScaler)
+    assert policy.make_scaler().is_enabled()
+    assert not precision_policy("cpu").make_scaler().is_enabled()  # a pass-through object, never None
     assert "GradScaler" in str(policy)
 
 

@@ -11,16 +11,10 @@ from torch import nn
 import pdl
 from pdl.checkpoint import load_checkpoint
 from pdl.data import fashion_mnist_tensors, tensor_loader
+from pdl.diagnostics import BatchShapeError, NonFiniteLossError
+from pdl.history import History
 from pdl.metrics import classification_metrics
-from pdl.train import (
-    BatchShapeError,
-    History,
-    NonFiniteLossError,
-    evaluate,
-    fit,
-    predict,
-    train_one_epoch,
-)
+from pdl.train import evaluate, fit, predict, train_one_epoch
 
 
 @pytest.fixture(scope="module")
@@ -279,24 +273,25 @@ def test_resuming_with_another_monitor_is_refused(tmp_path):
     model = nn.Linear(5, 2)
     fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
         epochs=1, checkpoint_dir=tmp_path, progress=False)  # monitors val_loss
-    with pytest.raises(ValueError, match="monitoring 'val_loss', but this run monitors 'val_accuracy'"):
+    with pytest.raises(ValueError, match=r"monitoring 'val_loss' \(mode 'min'\), but this run monitors 'val_accuracy'"):
         fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
             optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=2, metrics=classification_metrics(2),
             monitor="val_accuracy", resume=tmp_path / "last.pt", progress=False)
 
 
+class ScaledLoss(nn.Module):
+    """A loss 1e4 times larger: with fp16 autocast and the default scale, gradients overflow."""
+
+    def forward(self, outputs, targets):
+        return 1e4 * nn.functional.cross_entropy(outputs, targets)
+
+
 def test_fp16_scaler_skips_overflowing_steps_without_failing():
-    class ScaledLoss(nn.Module):
-        """A loss 1e4 times larger: with fp16 autocast and the default scale, gradients overflow."""
-
-        def forward(self, outputs, targets):
-            return 1e4 * nn.functional.cross_entropy(outputs, targets)
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 64), nn.ReLU(), nn.Linear(64, 2))
     history = fit(model, toy_data(n=256), loss_fn=ScaledLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=1e-6),
                   epochs=2, device="cpu", precision="fp16", progress=False)
-    assert history.skipped_steps > 0
+    assert sum(history["train_skipped_steps"]) > 0  # an ordinary per-epoch column
     assert math.isfinite(history["train_loss"][-1])
 
 
@@ -376,3 +371,171 @@ def test_history_columns_dict_and_errors():
     assert "2 epochs" in repr(history)
     ax = history.plot()
     assert ax.get_yscale() == "log"
+
+
+# --------------------------------------------------------------------------------------
+# Faults: Ctrl-C during a checkpoint write, leftovers of a killed run, exact resume with workers
+# --------------------------------------------------------------------------------------
+
+
+def _saves_then(monkeypatch, on_call: int, action):
+    """Make pdl's torch.save run ``action`` at its ``on_call``-th call (1-based), before writing."""
+    import pdl.checkpoint as checkpoint
+
+    real_save, calls = checkpoint.torch.save, []
+
+    def save(obj, f):
+        calls.append(1)
+        if len(calls) == on_call:
+            action()
+        return real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    return calls
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_returns_the_history(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    # Calls: epoch 1 writes best.pt then last.pt; epoch 2 best.pt (improved) then last.pt (4th).
+    _saves_then(monkeypatch, 4, lambda: os.kill(os.getpid(), signal.SIGINT))  # a real Ctrl-C mid-write
+    model = nn.Linear(5, 2)
+    history = fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=5, checkpoint_dir=tmp_path,
+                  progress=False)  # fmt: skip
+    assert history.interrupted and history["epoch"] == [1, 2]  # the write finished, then Ctrl-C counted
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_keyboard_interrupt_inside_the_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    _saves_then(monkeypatch, 4, interrupt)  # epoch 2's last.pt
+    model = nn.Linear(5, 2)
+    history = fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=5, checkpoint_dir=tmp_path,
+                  progress=False)  # fmt: skip
+    assert history.interrupted and history["epoch"] == [1, 2]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1  # the previous one, intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary file
+
+
+def test_a_run_cleans_the_temporary_files_a_killed_run_left_and_nothing_else(tmp_path, capsys):
+    import os
+
+    stale = [tmp_path / ".last.pt.k3j4h5g6.tmp", tmp_path / ".best.pt.0a1b2c3d.tmp"]
+    others = [tmp_path / "notes.tmp", tmp_path / ".last.pt.backup", tmp_path / "last.pt.k3j4h5g6.tmp",
+              tmp_path / ".data.k3j4h5g6.tmp", tmp_path / ".last.pt.toolongname.tmp"]  # fmt: skip
+    fresh = tmp_path / ".last.pt.zzzz9999.tmp"  # being written right now by another run
+    for path in [*stale, *others, fresh]:
+        path.write_bytes(b"x" * 100)
+    for path in [*stale, *others]:
+        os.utime(path, (0, 0))  # last written long ago
+    model = nn.Linear(5, 2)
+    fit(model, toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=1, checkpoint_dir=tmp_path, progress=False)
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_bytes() == b"x" * 100 for p in [*others, fresh])
+    out = capsys.readouterr().out
+    assert "Removed 2 temporary file(s) that an interrupted run left" in out and ".best.pt.0a1b2c3d.tmp" in out
+
+
+class NoisyImages(torch.utils.data.Dataset):
+    """Random augmentation in __getitem__: inside DataLoader workers, seeded by the loader."""
+
+    def __init__(self, n: int = 96):
+        generator = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 5, generator=generator), torch.randint(0, 2, (n,), generator=generator)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        return self.x[index] + 0.1 * torch.randn(5), self.y[index]
+
+
+@pytest.mark.parametrize("with_generator", [True, False])
+def test_resume_is_bit_exact_with_make_loader_workers_and_random_augmentation(tmp_path, with_generator):
+    from pdl.data import make_loader
+
+    def run(epochs, folder, resume=None, seed=0):
+        pdl.seed_everything(seed)
+        model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
+        generator = torch.Generator().manual_seed(1) if with_generator else None
+        loader = make_loader(NoisyImages(), batch_size=16, shuffle=True, num_workers=2, generator=generator)
+        fit(model, loader, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+            epochs=epochs, checkpoint_dir=folder, resume=resume, progress=False)
+        return parameters_of(model)
+
+    uninterrupted = run(3, tmp_path / "a")
+    run(1, tmp_path / "b")
+    resumed = run(3, tmp_path / "c", resume=tmp_path / "b" / "last.pt", seed=99)
+    assert torch.equal(uninterrupted, resumed)
+
+
+def test_resuming_with_a_loader_that_keeps_its_workers_warns(tmp_path):
+    loader = torch.utils.data.DataLoader(NoisyImages(32), batch_size=16, num_workers=1, persistent_workers=True)
+    model = nn.Linear(5, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, loader, loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=1, checkpoint_dir=tmp_path,
+        progress=False)
+    with pytest.warns(UserWarning, match="persistent_workers=True.*persistent_workers=False"):
+        fit(model, loader, loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=2, resume=tmp_path / "last.pt",
+            progress=False)
+
+
+def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
+    model = nn.Linear(5, 2)
+    fit(model, toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=1, checkpoint_dir=tmp_path, progress=False)
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")  # open() applies the umask, as torch.save does
+    assert (tmp_path / "last.pt").stat().st_mode == reference.stat().st_mode
+
+
+# --------------------------------------------------------------------------------------
+# Logic: direction of the monitor, learning-rate columns, skipped steps and schedulers
+# --------------------------------------------------------------------------------------
+
+
+def test_a_metric_to_minimize_picks_the_right_best_checkpoint(tmp_path):
+    import torchmetrics
+
+    torch.manual_seed(0)
+    x = torch.randn(128, 3)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+    model = nn.Linear(3, 1)
+    history = fit(model, tensor_loader(x, y, batch_size=16), tensor_loader(x, y, batch_size=64),
+                  loss_fn=nn.MSELoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.05), epochs=4,
+                  metrics={"mae": torchmetrics.MeanAbsoluteError()}, monitor="val_mae", checkpoint_dir=tmp_path,
+                  progress=False)  # fmt: skip
+    best_epoch = load_checkpoint(tmp_path / "best.pt")["epoch"]
+    assert history["val_mae"][best_epoch - 1] == min(history["val_mae"])  # lower is better for an error
+    assert load_checkpoint(tmp_path / "best.pt")["monitor"]["mode"] == "min"
+
+
+def test_every_parameter_group_gets_its_learning_rate_column():
+    from pdl.transfer import param_groups
+
+    model = nn.Sequential(nn.Linear(5, 5), nn.ReLU())
+    model.add_module("fc", nn.Linear(5, 2))
+    optimizer = torch.optim.SGD(param_groups(model, {"fc": 0.1}, rest_lr=0.01))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    history = fit(model, toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, scheduler=scheduler,
+                  epochs=2, progress=False)
+    assert history["lr_fc"] == pytest.approx([0.1, 0.05]) and history["lr_rest"] == pytest.approx([0.01, 0.005])
+    assert "lr" not in history.keys()
+
+
+def test_a_skipped_fp16_step_does_not_step_a_per_step_scheduler():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 64), nn.ReLU(), nn.Linear(64, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    history = fit(model, toy_data(n=256), loss_fn=ScaledLoss(), optimizer=optimizer, scheduler=scheduler,
+                  scheduler_interval="step", epochs=1, device="cpu", precision="fp16", progress=False)
+    skipped = history["train_skipped_steps"][0]
+    assert skipped > 0 and scheduler.last_epoch == 16 - skipped  # 16 batches, only real steps counted
