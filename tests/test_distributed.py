@@ -1,0 +1,322 @@
+"""pdl.fit on two processes (DistributedDataParallel, gloo on the CPU), launched with torchrun.
+
+The tests below start ``python -m torch.distributed.run --nproc-per-node 2`` on this very
+file; ``worker()`` at the bottom is what each rank runs. The reference they compare with is
+the hand-written loop of lecture 03 in this process, with the doubled batch over the order
+``DistributedSampler`` uses: epoch e shuffles with ``torch.randperm(n, seed + e)``, rank r takes
+positions r, r+2, r+4, ... of it, so step k of the two ranks together sees exactly positions
+2bk .. 2b(k+1)-1: batch k of one process with batch 2b.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset, WeightedRandomSampler
+
+import pdl
+from pdl import distributed
+from pdl.data import tensor_loader
+from pdl.metrics import classification_metrics
+
+N_TRAIN, N_VAL, BATCH, EPOCHS, SEED, LR = 256, 101, 16, 3, 7, 0.2  # 101: the ranks get 51 and 50
+THIS_FILE = Path(__file__).resolve()
+
+
+def toy_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three classes in 10 dimensions, decided by two coordinates: learnable in a few epochs."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(N_TRAIN + N_VAL, 10, generator=generator)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+
+
+def make_model() -> nn.Module:
+    pdl.seed_everything(0)  # the same initial weights in every process (DDP would copy rank 0's anyway)
+    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))  # no BatchNorm, no dropout
+
+
+def loaders(batch_size: int = BATCH):
+    x, y, x_val, y_val = toy_data()
+    train = tensor_loader(x, y, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(SEED))
+    return train, tensor_loader(x_val, y_val, batch_size=20)
+
+
+def flat(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in state_dict.values()])
+
+
+def torchrun(scenario: str, out: Path, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``worker(scenario, out)`` on 2 ranks; return the finished job and the time it ended."""
+    # --standalone: a rendezvous on this machine at a free port, so tests can run side by side.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(THIS_FILE), scenario, str(out)]  # fmt: skip
+    env = {**os.environ, "PDL_DEVICE": "cpu", "PYTHONPATH": str(THIS_FILE.parent.parent)}
+    # A session of its own, so that a job that hangs can be ended with all its workers.
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        stdout, stderr = job.communicate()
+        pytest.fail(f"the torchrun job {scenario!r} still ran after {timeout} s:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(command, job.returncode, stdout, stderr), time.time()
+
+
+# --------------------------------------------------------------------------------------
+# Two ranks vs one process with the doubled batch
+# --------------------------------------------------------------------------------------
+
+
+def reference_run() -> tuple[nn.Module, list[dict[str, float]]]:
+    """Lecture 03's loop in one process, batch 2*BATCH, over DistributedSampler's permutations."""
+    x, y, x_val, y_val = toy_data()
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    rows = []
+    for epoch in range(1, EPOCHS + 1):
+        order = torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(SEED + epoch))
+        total = 0.0
+        for batch in order.split(2 * BATCH):
+            loss = loss_fn(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        with torch.inference_mode():
+            outputs = model(x_val)
+            val_loss = loss_fn(outputs, y_val).item()
+            val_accuracy = (outputs.argmax(1) == y_val).float().mean().item()
+        rows.append({"train_loss": total / N_TRAIN, "val_loss": val_loss, "val_accuracy": val_accuracy})
+    return model, rows
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One torchrun job for the tests below: fit, evaluate, predict and resume on 2 ranks."""
+    out = tmp_path_factory.mktemp("ddp")
+    done, _ = torchrun("train", out)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    results = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return out, results, done.stdout
+
+
+def test_two_ranks_train_the_weights_of_one_process_with_the_doubled_batch(two_ranks):
+    _, (rank0, rank1), _ = two_ranks
+    reference, reference_rows = reference_run()
+    # DDP averages the gradients, so both ranks take identical steps: bit for bit equal.
+    assert torch.equal(flat(rank0["weights"]), flat(rank1["weights"]))
+    difference = (flat(rank0["weights"]) - flat(reference.state_dict())).abs().max().item()
+    assert difference <= 1e-5, f"2 ranks x batch {BATCH} vs 1 process x batch {2 * BATCH}: max |dw| = {difference:.2e}"
+    assert flat(reference.state_dict()).abs().max() > 0.5  # and it did train: the comparison is not of zeros
+    # The reduced losses and torchmetrics' synchronized accuracy are what one process measures.
+    for row, expected in zip(rank0["history"], reference_rows, strict=True):
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(value, abs=1e-5), (key, row, expected)
+    assert reference_rows[-1]["val_accuracy"] > 0.8
+
+
+def test_history_is_identical_on_both_ranks_and_only_rank_0_writes(two_ranks):
+    out, (rank0, rank1), stdout = two_ranks
+    assert rank0["history"] == rank1["history"]  # every column, seconds included
+    assert [row["epoch"] for row in rank0["history"]] == [1, 2, 3]
+    # One set of checkpoints, one TensorBoard log, one summary line per epoch.
+    assert sorted(p.name for p in (out / "run").iterdir()) == ["best.pt", "last.pt", "tb"]
+    assert len(list((out / "run" / "tb").iterdir())) == 1
+    last = pdl.checkpoint.load_checkpoint(out / "run" / "last.pt")
+    assert last["epoch"] == EPOCHS and last["history"] == rank0["history"]
+    assert torch.equal(flat(last["model"]), flat(rank0["weights"]))  # unwrapped keys: no "module." prefix
+    assert stdout.count(f"epoch {EPOCHS}/{EPOCHS} ") == 2, stdout  # the first run and the resumed one, rank 0 only
+    assert stdout.count("Resumed from") == 1, stdout
+
+
+def test_evaluate_and_predict_after_fit_give_every_rank_the_one_process_answer(two_ranks):
+    _, (rank0, rank1), _ = two_ranks
+    _, _, x_val, y_val = toy_data()
+    assert rank0["still_in_group"] and rank1["still_in_group"]  # fit's group serves evaluate/predict
+    model = make_model()
+    model.load_state_dict(rank0["weights"])
+    with torch.inference_mode():
+        expected = model(x_val)
+    for rank in (rank0, rank1):
+        assert rank["evaluate"] == rank0["evaluate"]
+        assert rank["evaluate"]["loss"] == pytest.approx(nn.functional.cross_entropy(expected, y_val).item(), abs=1e-6)
+        assert rank["evaluate"]["loss"] == pytest.approx(rank0["history"][-1]["val_loss"], abs=1e-9)
+        # Each rank predicted half, and every rank got all 101 rows back, in the data's order.
+        assert torch.equal(rank["predict_targets"], y_val)
+        torch.testing.assert_close(rank["predict_outputs"], expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(rank["predict_tensor"], expected, rtol=0, atol=1e-6)
+
+
+def test_resuming_on_two_ranks_continues_the_run_exactly(two_ranks):
+    _, (rank0, rank1), _ = two_ranks
+    for rank in (rank0, rank1):
+        torch.testing.assert_close(flat(rank["resumed_weights"]), flat(rank0["weights"]), rtol=0, atol=1e-7)
+        strip = [{k: v for k, v in row.items() if k != "seconds"} for row in rank["resumed_history"]]
+        assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in rank0["history"]]
+
+
+# --------------------------------------------------------------------------------------
+# A failing or interrupted rank ends the job; it does not hang
+# --------------------------------------------------------------------------------------
+
+
+# Rank 1 goes on living for SURVIVES seconds after its fit ended: if rank 0 waited for it
+# (or for the process-group timeout, 300 s), the job would take that long.
+SURVIVES = 120
+
+
+def test_an_error_on_one_rank_ends_the_whole_job_quickly(tmp_path):
+    done, ended = torchrun("fail", tmp_path)
+    assert done.returncode != 0
+    assert "injected failure on rank 1" in done.stdout + done.stderr
+    seconds = ended - float((tmp_path / "failed_at").read_text())
+    assert seconds < 60, f"the job ended {seconds:.0f} s after the failure"
+
+
+def test_ctrl_c_on_one_rank_ends_the_whole_job_quickly(tmp_path):
+    done, ended = torchrun("interrupt", tmp_path)
+    assert "rank 1 interrupted: True" in done.stdout, done.stdout + done.stderr[-3000:]
+    assert done.returncode != 0  # rank 0 was waiting in an all-reduce: it fails instead of waiting
+    seconds = ended - float((tmp_path / "failed_at").read_text())
+    assert seconds < 60, f"the job ended {seconds:.0f} s after the Ctrl-C"
+
+
+# --------------------------------------------------------------------------------------
+# The pieces, in this process
+# --------------------------------------------------------------------------------------
+
+
+def test_shards_of_two_ranks_make_up_the_doubled_batch_step_by_step():
+    x = torch.arange(64.0)
+    for make in (
+        lambda: tensor_loader(x, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(SEED)),
+        lambda: DataLoader(TensorDataset(x), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(SEED)),
+    ):
+        shards = [distributed.shard_for_training(make(), rank=r, world_size=2) for r in (0, 1)]
+        for epoch in (1, 2):
+            for shard in shards:
+                distributed.set_epoch(shard, epoch)
+            order = torch.randperm(64, generator=torch.Generator().manual_seed(SEED + epoch))
+            steps = [torch.cat([b0[0], b1[0]]) for b0, b1 in zip(*shards, strict=True)]
+            assert len(steps) == 8 and all(len(step) == 8 for step in steps)
+            for step, expected in zip(steps, order.split(8), strict=True):
+                assert sorted(step.tolist()) == sorted(x[expected].tolist())
+
+
+def test_evaluation_shards_count_every_sample_once_and_keep_options():
+    data = TensorDataset(torch.arange(11.0))
+    loader = DataLoader(data, batch_size=3, shuffle=True, num_workers=1, drop_last=False)
+    shards = [distributed.shard_for_evaluation(loader, rank=r, world_size=2) for r in (0, 1)]
+    seen = [sample for shard in shards for (batch,) in shard for sample in batch.tolist()]
+    assert sorted(seen) == list(range(11))  # no padding, no duplicates
+    assert shards[1].num_workers == 1 and shards[1].batch_size == 3
+    assert distributed.shard_for_evaluation(shards[0], rank=0, world_size=2) is shards[0]  # already split
+
+
+@pytest.mark.parametrize(
+    ("loader", "words"),
+    [
+        ([(torch.zeros(2, 3), torch.zeros(2))], ["DataLoader", "list"]),
+        (DataLoader(TensorDataset(torch.zeros(8)), sampler=SubsetRandomSampler([0, 1, 2])), ["SubsetRandomSampler", "Subset"]),
+        (DataLoader(TensorDataset(torch.zeros(8)), sampler=WeightedRandomSampler([1.0] * 8, 8)), ["WeightedRandomSampler", "DistributedSampler"]),
+    ],
+)
+def test_loaders_that_cannot_be_split_get_a_clear_error(loader, words):
+    with pytest.raises(TypeError) as error:
+        distributed.shard_for_training(loader, rank=0, world_size=2, seed=0)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_sync_batchnorm_keeps_weights_and_behaves_like_batchnorm_in_one_process():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    reference = {k: v.clone() for k, v in plain.state_dict().items()}
+    synced = distributed.sync_batchnorm(plain)
+    assert isinstance(synced[1], nn.SyncBatchNorm)
+    assert synced.state_dict().keys() == reference.keys()
+    x = torch.randn(16, 4)
+    expected = nn.functional.batch_norm(nn.functional.linear(x, reference["0.weight"], reference["0.bias"]),
+                                        None, None, reference["1.weight"], reference["1.bias"], training=True)  # fmt: skip
+    torch.testing.assert_close(synced(x), expected)  # training mode, no process group: plain BatchNorm
+
+
+def test_one_process_leaves_everything_as_it_is():
+    model, loader = nn.Linear(2, 1), tensor_loader(torch.zeros(4, 2), batch_size=2)
+    assert distributed.setup(torch.device("cpu")) == (torch.device("cpu"), False)
+    assert distributed.wrap_model(model, torch.device("cpu")) is model
+    assert distributed.shard_for_training(loader) is loader and distributed.shard_for_evaluation(loader) is loader
+
+
+# --------------------------------------------------------------------------------------
+# What each rank runs under torchrun
+# --------------------------------------------------------------------------------------
+
+
+class FailingLoss(nn.CrossEntropyLoss):
+    """Cross-entropy that raises ``error`` on rank 1 at its ``at``-th training step: a bug or a Ctrl-C there."""
+
+    def __init__(self, error: type[BaseException], at: int, stamp: Path):
+        super().__init__()
+        self.error, self.at, self.calls, self.stamp = error, at, 0, stamp
+
+    def forward(self, outputs, targets):
+        self.calls += torch.is_grad_enabled()  # training steps only, not evaluation
+        if distributed.get_rank() == 1 and self.calls == self.at:
+            self.stamp.write_text(str(time.time()))
+            raise self.error("injected failure on rank 1")
+        return super().forward(outputs, targets)
+
+
+def worker(scenario: str, out: Path) -> None:
+    def run(model, epochs, loss_fn=None, **kwargs):
+        train_loader, val_loader = loaders()
+        return pdl.fit(
+            model, train_loader, val_loader,
+            loss_fn=loss_fn or nn.CrossEntropyLoss(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9),
+            epochs=epochs, device="cpu", metrics=classification_metrics(3), **kwargs,
+        )  # fmt: skip
+
+    if scenario in ("fail", "interrupt"):
+        error = RuntimeError if scenario == "fail" else KeyboardInterrupt
+        at = N_TRAIN // (2 * BATCH) + 3  # epoch 2, step 3
+        history = run(make_model(), EPOCHS, loss_fn=FailingLoss(error, at, out / "failed_at"), progress=False)
+        print(f"rank {distributed.get_rank()} interrupted: {history.interrupted}", flush=True)
+        time.sleep(SURVIVES)  # a rank that goes on after fit: the others must not wait for it
+        return
+
+    model = make_model()
+    history = run(model, EPOCHS, checkpoint_dir=out / "run", log_dir=out / "run" / "tb")
+    _, val_loader = loaders()
+    _, _, x_val, _ = toy_data()
+    outputs, targets = pdl.predict(model, val_loader)
+    results = {
+        "weights": model.state_dict(),  # the caller's model object, trained
+        "history": history.rows,
+        "still_in_group": distributed.is_distributed(),
+        "evaluate": pdl.evaluate(model, val_loader, nn.CrossEntropyLoss()),
+        "predict_outputs": outputs,
+        "predict_targets": targets,
+        "predict_tensor": pdl.predict(model, x_val, batch_size=16).outputs,
+    }
+    # Resume: one epoch, then a new process-like start (fresh model and optimizer) from last.pt.
+    run(make_model(), 1, checkpoint_dir=out / "part", progress=False)
+    resumed = make_model()
+    resumed_history = run(resumed, EPOCHS, checkpoint_dir=out / "part", resume=out / "part" / "last.pt")
+    results.update(resumed_weights=resumed.state_dict(), resumed_history=resumed_history.rows)
+    torch.save(results, out / f"rank{distributed.get_rank()}.pt")
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], Path(sys.argv[2]))
