@@ -43,13 +43,23 @@ def worker(args: argparse.Namespace) -> None:
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1:
         # fit splits this loader with a DistributedSampler seeded with the generator's seed.
-        train_loader = tensor_loader(x, y, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(SEED))
+        train_loader = tensor_loader(
+            x,
+            y,
+            batch_size=args.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(SEED),
+        )
     else:
         # The order the 2 ranks see together: DistributedSampler's permutation, seed + epoch.
         # Batches are sliced from the tensors in one go, as tensor_loader (and its split) does.
         dataset = tensor_loader(x, y).dataset
         order = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=SEED)
-        train_loader = DataLoader(dataset, sampler=BatchSampler(order, 2 * args.batch_size, drop_last=False), batch_size=None)
+        train_loader = DataLoader(
+            dataset,
+            sampler=BatchSampler(order, 2 * args.batch_size, drop_last=False),
+            batch_size=None,
+        )
     model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
     history = pdl.fit(
         model, train_loader, tensor_loader(x_val, y_val, batch_size=1000),
@@ -62,14 +72,15 @@ def worker(args: argparse.Namespace) -> None:
             "processes": processes,
             "threads_per_process": torch.get_num_threads(),
             "samples_per_second": len(x) * len(timed) / sum(timed),
-            "val_accuracy": history["val_accuracy"][-1] if "val_accuracy" in history.keys() else None,
             "val_loss": history["val_loss"][-1],
         }
         torch.save(model.state_dict(), args.out / "weights.pt")
         (args.out / "result.json").write_text(json.dumps(result))
 
 
-def launch(args: argparse.Namespace, processes: int, threads: int | None) -> tuple[dict, torch.Tensor]:
+def launch(
+    args: argparse.Namespace, processes: int, threads: int | None
+) -> tuple[dict, torch.Tensor]:
     """Run ``worker`` in a fresh process tree; return its result and final weights."""
     out = Path(tempfile.mkdtemp(prefix="ddp_scaling_"))
     env = {**os.environ, "PDL_DEVICE": "cpu"}
@@ -79,7 +90,16 @@ def launch(args: argparse.Namespace, processes: int, threads: int | None) -> tup
     options = ["--worker", "--out", str(out), "--epochs", str(args.epochs),
                "--train-size", str(args.train_size), "--batch-size", str(args.batch_size)]  # fmt: skip
     if processes > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), __file__, *options]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(processes),
+            __file__,
+            *options,
+        ]
     else:
         command = [sys.executable, __file__, *options]
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -92,7 +112,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--train-size", type=int, default=12000)
-    parser.add_argument("--batch-size", type=int, default=64, help="per process in the 2-process run")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="per process in the 2-process run"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -36,14 +36,26 @@ from pdl.metrics import classification_metrics
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train-size", type=int, default=12000, help="training images (60000: all)")
-    parser.add_argument("--val-size", type=int, default=10000, help="test images to validate on (10000: all)")
-    parser.add_argument("--batch-size", type=int, default=64, help="per process: one step sees this x processes")
+    parser.add_argument(
+        "--train-size", type=int, default=12000, help="training images (60000: all)"
+    )
+    parser.add_argument(
+        "--val-size", type=int, default=10000, help="test images to validate on (10000: all)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="per process: one step sees this x processes"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu (gloo), or cuda (nccl, one GPU per process)")
-    parser.add_argument("--checkpoint-dir", default=None, help="write last.pt and best.pt here (rank 0)")
-    parser.add_argument("--result-json", default=None, help="write the final numbers here as JSON (rank 0)")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (gloo), or cuda (nccl, one GPU per process)"
+    )
+    parser.add_argument(
+        "--checkpoint-dir", default=None, help="write last.pt and best.pt here (rank 0)"
+    )
+    parser.add_argument(
+        "--result-json", default=None, help="write the final numbers here as JSON (rank 0)"
+    )
     args = parser.parse_args()
 
     pdl.seed_everything(args.seed)  # the same seed on every rank: the same model, the same shuffles
@@ -94,7 +106,9 @@ def main() -> None:
             f"{args.batch_size} per process = {result['batch_size_per_step']} per step, "
             f"{len(x_train)} training images, {len(history)} epochs"
         )
-        print(f"validation on {len(x_val)} test images: accuracy {result['val_accuracy']:.4f}, loss {result['val_loss']:.4f}")
+        print(
+            f"validation on {len(x_val)} test images: accuracy {result['val_accuracy']:.4f}, loss {result['val_loss']:.4f}"
+        )
         print(f"accuracy recomputed from predict(): {accuracy:.4f}")
         print(
             f"fit took {seconds:.1f} s; its epochs (validation included) went through "

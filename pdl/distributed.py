@@ -6,33 +6,28 @@ averaged over the ranks, so every copy takes the same step. Launch a script with
 
     torchrun --nproc-per-node 2 examples/ddp_fashion_mnist.py
 
-and ``pdl.fit`` does the rest through the functions below (each one a no-op in a single
-process, so ``fit`` reads the same either way):
+and ``pdl.fit`` does the rest with the functions below (no-ops in a single process):
 
 - ``setup``: join the default process group (nccl on CUDA, gloo on the CPU), one GPU per rank.
 - ``wrap_model``: ``DistributedDataParallel``, which averages the gradients in ``backward()``.
 - ``shard_for_training``: re-sample a DataLoader with a ``DistributedSampler`` (same batch
   size per rank, so one step sees ``world_size * batch_size`` samples); ``set_epoch`` reshuffles.
 - ``shard_for_evaluation``, ``sum_over_ranks``, ``gather_shards``: evaluate and predict split
-  the samples, then add up the losses and collect the outputs, so every rank reports
-  what one process would. torchmetrics synchronizes its own states when a group exists.
+  the samples, add up the losses and collect the outputs, so every rank reports what one
+  process would (torchmetrics synchronizes its own states when a group exists).
 - ``sync_batchnorm``: opt in to BatchNorm statistics over the whole global batch (GPU only).
 
-The promise, tested with 2 CPU processes: N ranks with batch b train the same weights as one
-process with batch N*b over the same data order (for models without BatchNorm), and report
-identical histories on every rank. Only rank 0 prints, logs and writes checkpoints.
+Tested with 2 CPU processes: N ranks with batch b train the weights of one process with batch
+N*b over the same data order (without BatchNorm), and every rank gets the same history.
 
-Rules a script must follow: every rank runs the same code, and calls ``fit``, ``evaluate`` and
-``predict`` (they communicate). Never call them inside ``if rank == 0``: the other ranks would
-wait for a partner that never comes, until the timeout (``TIMEOUT``) ends the job.
+Every rank runs the same script and must call ``fit``, ``evaluate`` and ``predict`` (they
+communicate): inside ``if rank == 0`` the others would wait until the ``TIMEOUT``.
+The process group ``fit`` creates stays up for later calls (torch cannot re-create it in the
+same process under torchrun) until the script exits, or until ``fit`` ends by an error or
+Ctrl-C: then it is left at once, so that the other ranks stop instead of waiting.
 
-The process group that ``fit`` creates stays up until the script ends (``evaluate``,
-``predict`` and later ``fit`` calls use it; torch cannot re-create it in the same process
-under torchrun), and is destroyed when the script exits, or at once when ``fit`` ends by an
-error or Ctrl-C, so that the other ranks stop instead of waiting.
-
-GPU note: the CUDA path (nccl, one GPU per rank from ``LOCAL_RANK``, ``SyncBatchNorm``) follows
-the PyTorch documentation but is unverified here: the course machines have no GPU.
+The CUDA path (nccl, ``LOCAL_RANK``, ``SyncBatchNorm``) follows the PyTorch documentation but
+is unverified: the course machines have no GPU.
 """
 
 from __future__ import annotations
@@ -41,7 +36,7 @@ import atexit
 import os
 import warnings
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -57,15 +52,11 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-# How long a rank waits in a collective (an all-reduce, a barrier) before giving up. Long
-# enough for rank 0 to evaluate and write a checkpoint while the others wait at the next
-# step; short enough that a rank that died, or a call made on one rank only, ends the job
-# in minutes (torch's own default is 30 minutes for gloo). A script that wants another
-# value calls torch.distributed.init_process_group(timeout=...) itself before fit.
+# How long a rank waits in a collective (all-reduce, barrier): long enough for rank 0 to write
+# a checkpoint while the others wait, short enough that a dead rank or a call made on one rank
+# only ends the job in minutes (torch's default for gloo: 30). For another value, call
+# torch.distributed.init_process_group(timeout=...) in the script before fit.
 TIMEOUT = timedelta(minutes=5)
-
-T = TypeVar("T")
-
 
 # --------------------------------------------------------------------------------------
 # Who am I? Rank and world size
@@ -148,11 +139,12 @@ def setup(device: torch.device) -> tuple[torch.device, bool]:
         atexit.register(leave, True)  # destroy it when the script ends
         created = True
     if device.type == "cuda" and is_distributed():
-        local_rank = int(os.environ.get("LOCAL_RANK", get_rank() % max(torch.cuda.device_count(), 1)))
-        if local_rank >= torch.cuda.device_count():
+        gpus = torch.cuda.device_count()
+        local_rank = int(os.environ.get("LOCAL_RANK", get_rank() % max(gpus, 1)))
+        if local_rank >= gpus:
             raise RuntimeError(
-                f"Rank {get_rank()} needs GPU {local_rank}, but this machine has {torch.cuda.device_count()}. "
-                "Start at most one process per GPU: torchrun --nproc-per-node <number of GPUs>."
+                f"Rank {get_rank()} needs GPU {local_rank}, but this machine has {gpus}. Start at "
+                "most one process per GPU: torchrun --nproc-per-node <number of GPUs>."
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -160,10 +152,10 @@ def setup(device: torch.device) -> tuple[torch.device, bool]:
 
 
 def leave(created: bool) -> None:
-    """Destroy the process group if ``created`` (it was made by ``setup``) and it still exists.
+    """Destroy the process group if ``created`` (by ``setup``) and it still exists.
 
-    ``fit`` calls it when it ends by an error or Ctrl-C: the ranks are out of step then, and
-    leaving makes the other ranks' pending all-reduce fail at once instead of waiting.
+    After an error or Ctrl-C in ``fit`` the ranks are out of step: leaving makes the other
+    ranks' pending all-reduce fail at once instead of waiting.
 
     Example:
         >>> leave(created=False)  # not ours: left alone
@@ -202,30 +194,22 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     if not is_distributed():
         return model
     synced = any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if synced and device.type == "cpu":
         raise ValueError(
             "The model has SyncBatchNorm layers, which PyTorch runs on GPUs only. On the CPU keep "
             "plain BatchNorm (each process then normalizes over its own batch)."
         )
-    if not synced and is_main_process() and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if batchnorm and not synced and is_main_process():
         warnings.warn(
             "The model has BatchNorm layers: each process normalizes over its own batch, so the "
             "result differs from one process with the whole batch. For statistics over the global "
             "batch (GPUs only) call model = pdl.distributed.sync_batchnorm(model) before fit.",
             stacklevel=3,
         )
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a ``DistributedDataParallel`` wrapper (the model itself otherwise).
-
-    Example:
-        >>> model = nn.Linear(2, 1)
-        >>> unwrap(model) is model
-        True
-    """
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
 
 
 def sync_batchnorm(model: nn.Module) -> nn.Module:
@@ -244,11 +228,10 @@ def sync_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def broadcast_buffers(model: nn.Module) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics) of a DDP-wrapped model.
+    """Give every rank rank 0's buffers (BatchNorm statistics) of a DDP-wrapped model.
 
-    DDP copies them before every training forward; after the last one each rank's statistics
-    moved with its own batch. Called after each epoch, so every rank evaluates exactly the
-    model that rank 0 saves. Parameters need no copying: DDP keeps them equal.
+    DDP copies them before each training forward, after which each rank's moved with its own
+    batch; called after each epoch, so every rank evaluates the very model rank 0 saves.
 
     Example:
         >>> broadcast_buffers(nn.BatchNorm1d(3))  # one process: nothing to do
@@ -267,10 +250,9 @@ def broadcast_buffers(model: nn.Module) -> None:
 class ShardSampler(Sampler[int]):
     """Rank ``r`` of ``N`` takes samples ``r, r+N, r+2N, ...`` of the dataset, each exactly once.
 
-    For evaluation and prediction: unlike ``DistributedSampler`` it never pads the dataset
-    with repeated samples, so sums over the ranks count every sample once and ``predict``
-    can put the outputs back in order. Ranks may get one sample more or less than others,
-    which is fine where no gradient step has to happen in lockstep.
+    For evaluation and prediction: unlike ``DistributedSampler`` it never pads with repeated
+    samples, so sums over the ranks count every sample once and ``predict`` can restore the
+    order. Ranks may get one sample more than others: fine where no step runs in lockstep.
 
     Example:
         >>> list(ShardSampler(range(5), rank=1, world_size=2))
@@ -315,7 +297,9 @@ def shard_for_training(
         # The seed of whatever would have shuffled the loader: seed_everything(s) or a generator
         # seeded with s gives the same orders on every run. Rank 0's, in case the ranks differ;
         # below 2**63 so that seed + epoch stays a valid seed.
-        generator = sampler.generator if shuffle and sampler.generator is not None else loader.generator
+        generator = (
+            sampler.generator if shuffle and sampler.generator is not None else loader.generator
+        )
         seed = generator.initial_seed() if generator is not None else torch.initial_seed()
         seed = _same_on_every_rank(seed % 2**63)
     distributed_sampler = DistributedSampler(
@@ -329,9 +313,7 @@ def shard_for_training(
 
 
 def set_epoch(loader: Any, epoch: int) -> None:
-    """Tell the loader's ``DistributedSampler`` the epoch, so that each epoch shuffles anew.
-
-    Without it every epoch would repeat the first epoch's order. No-op for other loaders.
+    """Tell the loader's ``DistributedSampler`` the epoch (else every epoch repeats one order).
 
     Example:
         >>> set_epoch([(torch.zeros(1), torch.zeros(1))], 3)  # not a DistributedSampler: nothing to do
@@ -341,7 +323,9 @@ def set_epoch(loader: Any, epoch: int) -> None:
         sampler.set_epoch(epoch)
 
 
-def shard_for_evaluation(data: Any, *, rank: int | None = None, world_size: int | None = None) -> Any:
+def shard_for_evaluation(
+    data: Any, *, rank: int | None = None, world_size: int | None = None
+) -> Any:
     """This rank's share of ``data`` for ``evaluate`` and ``predict``: samples r, r+N, r+2N, ...
 
     A DataLoader is re-sampled with ``ShardSampler`` (same batch size; the order is the
@@ -362,22 +346,27 @@ def shard_for_evaluation(data: Any, *, rank: int | None = None, world_size: int 
     if _sampler_of(data, (DistributedSampler, ShardSampler)) is not None:
         return data
     _, batch_size, drop_last = _index_sampler(data, "evaluation", world_size)
-    return _rebuild(data, ShardSampler(data.dataset, rank=rank, world_size=world_size), batch_size, drop_last)
+    return _rebuild(
+        data, ShardSampler(data.dataset, rank=rank, world_size=world_size), batch_size, drop_last
+    )
 
 
 def _index_sampler(loader: Any, purpose: str, world_size: int) -> tuple[Sampler, int, bool]:
     """The sampler that orders ``loader``'s samples, its batch size and drop_last; or a clear error."""
-    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+    if not isinstance(loader, DataLoader):
         raise TypeError(
-            f"On {world_size} processes pdl splits the data between them, which needs a "
-            f"torch DataLoader over a map-style Dataset (e.g. pdl.data.tensor_loader); for {purpose} "
-            f"it got {type(loader).__name__}"
-            + (" over an IterableDataset: shard the stream yourself and give it a DistributedSampler." if isinstance(loader, DataLoader) else ".")
+            f"On {world_size} processes pdl splits the data between them, which needs a torch "
+            f"DataLoader (e.g. pdl.data.tensor_loader); for {purpose} it got a {type(loader).__name__}."
         )
-    if isinstance(loader.batch_sampler, BatchSampler) and type(loader.batch_sampler) is BatchSampler:
+    if isinstance(loader.dataset, IterableDataset):
+        raise TypeError(
+            "pdl cannot split an IterableDataset between processes: shard the stream yourself."
+        )
+    if type(loader.batch_sampler) is BatchSampler:
         sampler, batch_size, drop_last = loader.sampler, loader.batch_size, loader.drop_last
-    elif loader.batch_sampler is None and type(loader.sampler) is BatchSampler:  # pdl.data.tensor_loader
-        sampler, batch_size, drop_last = loader.sampler.sampler, loader.sampler.batch_size, loader.sampler.drop_last
+    elif loader.batch_sampler is None and type(loader.sampler) is BatchSampler:  # tensor_loader
+        batches = loader.sampler
+        sampler, batch_size, drop_last = batches.sampler, batches.batch_size, batches.drop_last
     else:
         raise TypeError(
             f"pdl cannot split this DataLoader between processes: it uses the batch sampler "
@@ -385,7 +374,11 @@ def _index_sampler(loader: Any, purpose: str, world_size: int) -> tuple[Sampler,
         )
     # Only a plain shuffle or the plain order can be split faithfully: a sampler that picks a
     # subset, repeats or weights samples would be silently replaced by the whole dataset.
-    plain_shuffle = type(sampler) is RandomSampler and not sampler.replacement and len(sampler) == len(loader.dataset)
+    plain_shuffle = (
+        type(sampler) is RandomSampler
+        and not sampler.replacement
+        and len(sampler) == len(loader.dataset)
+    )
     if not (plain_shuffle or type(sampler) is SequentialSampler):
         raise TypeError(
             f"pdl can split a DataLoader that visits every sample once, shuffled or in order, but this "
@@ -411,15 +404,26 @@ def _rebuild(loader: DataLoader, sampler: Sampler, batch_size: int, drop_last: b
         options["prefetch_factor"] = loader.prefetch_factor
     if loader.batch_sampler is None:
         # The dataset returns whole batches (pdl.data.tensor_loader): batch the indices here.
-        return DataLoader(loader.dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None, **options)
-    return DataLoader(loader.dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **options)
+        return DataLoader(
+            loader.dataset,
+            sampler=BatchSampler(sampler, batch_size, drop_last),
+            batch_size=None,
+            **options,
+        )
+    return DataLoader(
+        loader.dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **options
+    )
 
 
 def _sampler_of(loader: Any, kinds: tuple[type, ...]) -> Sampler | None:
     """The sampler of one of ``kinds`` inside ``loader`` (directly, or under a BatchSampler)."""
     if not isinstance(loader, DataLoader):
         return None
-    for candidate in (loader.sampler, getattr(loader.sampler, "sampler", None), getattr(loader.batch_sampler, "sampler", None)):
+    inner = (
+        getattr(loader.sampler, "sampler", None),
+        getattr(loader.batch_sampler, "sampler", None),
+    )
+    for candidate in (loader.sampler, *inner):
         if isinstance(candidate, kinds):
             return candidate
     return None
@@ -437,7 +441,7 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _same_on_every_rank(value: T) -> T:
+def _same_on_every_rank(value: Any) -> Any:
     """Rank 0's ``value`` on every rank."""
     if not is_distributed():
         return value
@@ -449,19 +453,14 @@ def _same_on_every_rank(value: T) -> T:
 def sum_over_ranks(*values: float) -> tuple[float, ...]:
     """Add up numbers over all ranks (e.g. a loss times its sample count, and the count).
 
-    A mean over ranks of per-rank means would be wrong when ranks hold different numbers of
-    samples; sum(loss * count) / sum(count) is the mean over every sample, as one process
-    computes it. float64, so the sum is exact enough to match one process to ~1e-12.
+    sum(loss * count) / sum(count) is the mean over every sample, as one process computes it
+    (a mean of per-rank means is not, when ranks hold different numbers of samples).
 
     Example:
         >>> sum_over_ranks(2.5, 10)  # one process: the same numbers back
         (2.5, 10.0)
     """
-    if not is_distributed():
-        return tuple(float(v) for v in values)
-    totals = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-    return tuple(totals.tolist())
+    return _all_reduce(values, "sum")
 
 
 def max_over_ranks(value: float) -> float:
@@ -471,11 +470,15 @@ def max_over_ranks(value: float) -> float:
         >>> max_over_ranks(1.5)
         1.5
     """
+    return _all_reduce((value,), "max")[0]
+
+
+def _all_reduce(values: tuple[float, ...], op: str) -> tuple[float, ...]:
     if not is_distributed():
-        return value
-    total = torch.tensor([value], dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(total, op=dist.ReduceOp.MAX)
-    return total.item()
+        return tuple(float(v) for v in values)
+    totals = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(totals, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tuple(totals.tolist())
 
 
 def gather_shards(shard: torch.Tensor | None) -> torch.Tensor | None:

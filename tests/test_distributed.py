@@ -10,11 +10,13 @@ positions r, r+2, r+4, ... of it, so step k of the two ranks together sees exact
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -40,13 +42,15 @@ def toy_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def make_model() -> nn.Module:
-    pdl.seed_everything(0)  # the same initial weights in every process (DDP would copy rank 0's anyway)
+    # The same initial weights in every process (DDP would copy rank 0's anyway).
+    pdl.seed_everything(0)
     return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))  # no BatchNorm, no dropout
 
 
-def loaders(batch_size: int = BATCH):
+def loaders(seed: int = SEED):
     x, y, x_val, y_val = toy_data()
-    train = tensor_loader(x, y, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(SEED))
+    generator = torch.Generator().manual_seed(seed)
+    train = tensor_loader(x, y, batch_size=BATCH, shuffle=True, generator=generator)
     return train, tensor_loader(x_val, y_val, batch_size=20)
 
 
@@ -54,20 +58,31 @@ def flat(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.flatten() for t in state_dict.values()])
 
 
-def torchrun(scenario: str, out: Path, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+def torchrun(
+    scenario: str, out: Path, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess, float]:
     """Run ``worker(scenario, out)`` on 2 ranks; return the finished job and the time it ended."""
     # --standalone: a rendezvous on this machine at a free port, so tests can run side by side.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                str(THIS_FILE), scenario, str(out)]  # fmt: skip
     env = {**os.environ, "PDL_DEVICE": "cpu", "PYTHONPATH": str(THIS_FILE.parent.parent)}
     # A session of its own, so that a job that hangs can be ended with all its workers.
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    job = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = job.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(job.pid, signal.SIGKILL)
         stdout, stderr = job.communicate()
-        pytest.fail(f"the torchrun job {scenario!r} still ran after {timeout} s:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+        pytest.fail(
+            f"the torchrun job {scenario!r} still ran after {timeout} s:\n{stdout[-2000:]}\n{stderr[-4000:]}"
+        )
     return subprocess.CompletedProcess(command, job.returncode, stdout, stderr), time.time()
 
 
@@ -96,7 +111,9 @@ def reference_run() -> tuple[nn.Module, list[dict[str, float]]]:
             outputs = model(x_val)
             val_loss = loss_fn(outputs, y_val).item()
             val_accuracy = (outputs.argmax(1) == y_val).float().mean().item()
-        rows.append({"train_loss": total / N_TRAIN, "val_loss": val_loss, "val_accuracy": val_accuracy})
+        rows.append(
+            {"train_loss": total / N_TRAIN, "val_loss": val_loss, "val_accuracy": val_accuracy}
+        )
     return model, rows
 
 
@@ -116,8 +133,11 @@ def test_two_ranks_train_the_weights_of_one_process_with_the_doubled_batch(two_r
     # DDP averages the gradients, so both ranks take identical steps: bit for bit equal.
     assert torch.equal(flat(rank0["weights"]), flat(rank1["weights"]))
     difference = (flat(rank0["weights"]) - flat(reference.state_dict())).abs().max().item()
-    assert difference <= 1e-5, f"2 ranks x batch {BATCH} vs 1 process x batch {2 * BATCH}: max |dw| = {difference:.2e}"
-    assert flat(reference.state_dict()).abs().max() > 0.5  # and it did train: the comparison is not of zeros
+    assert difference <= 1e-5, (
+        f"2 ranks x batch {BATCH} vs 1 process x batch {2 * BATCH}: max |dw| = {difference:.2e}"
+    )
+    # ... and it did train: the comparison is not one of zeros.
+    assert flat(reference.state_dict()).abs().max() > 0.5
     # The reduced losses and torchmetrics' synchronized accuracy are what one process measures.
     for row, expected in zip(rank0["history"], reference_rows, strict=True):
         for key, value in expected.items():
@@ -134,22 +154,26 @@ def test_history_is_identical_on_both_ranks_and_only_rank_0_writes(two_ranks):
     assert len(list((out / "run" / "tb").iterdir())) == 1
     last = pdl.checkpoint.load_checkpoint(out / "run" / "last.pt")
     assert last["epoch"] == EPOCHS and last["history"] == rank0["history"]
-    assert torch.equal(flat(last["model"]), flat(rank0["weights"]))  # unwrapped keys: no "module." prefix
-    assert stdout.count(f"epoch {EPOCHS}/{EPOCHS} ") == 2, stdout  # the first run and the resumed one, rank 0 only
+    # The unwrapped model's keys (no "module." prefix), and the weights rank 0 ended with.
+    assert torch.equal(flat(last["model"]), flat(rank0["weights"]))
+    # Rank 0's summary of the last epoch in the first run and in the resumed one; none of rank 1.
+    assert stdout.count(f"epoch {EPOCHS}/{EPOCHS} ") == 2, stdout
     assert stdout.count("Resumed from") == 1, stdout
 
 
 def test_evaluate_and_predict_after_fit_give_every_rank_the_one_process_answer(two_ranks):
     _, (rank0, rank1), _ = two_ranks
     _, _, x_val, y_val = toy_data()
-    assert rank0["still_in_group"] and rank1["still_in_group"]  # fit's group serves evaluate/predict
+    assert rank0["still_in_group"] and rank1["still_in_group"]  # fit's group serves them
     model = make_model()
     model.load_state_dict(rank0["weights"])
     with torch.inference_mode():
         expected = model(x_val)
     for rank in (rank0, rank1):
         assert rank["evaluate"] == rank0["evaluate"]
-        assert rank["evaluate"]["loss"] == pytest.approx(nn.functional.cross_entropy(expected, y_val).item(), abs=1e-6)
+        assert rank["evaluate"]["loss"] == pytest.approx(
+            nn.functional.cross_entropy(expected, y_val).item(), abs=1e-6
+        )
         assert rank["evaluate"]["loss"] == pytest.approx(rank0["history"][-1]["val_loss"], abs=1e-9)
         # Each rank predicted half, and every rank got all 101 rows back, in the data's order.
         assert torch.equal(rank["predict_targets"], y_val)
@@ -157,12 +181,48 @@ def test_evaluate_and_predict_after_fit_give_every_rank_the_one_process_answer(t
         torch.testing.assert_close(rank["predict_tensor"], expected, rtol=0, atol=1e-6)
 
 
+def test_batchnorm_gets_a_warning_and_sync_batchnorm_on_the_cpu_a_clear_error(two_ranks):
+    _, (rank0, rank1), _ = two_ranks
+    (warning,) = rank0["batchnorm_warnings"]
+    assert "sync_batchnorm" in warning
+    assert rank1["batchnorm_warnings"] == []  # said once, by rank 0
+    for rank in (rank0, rank1):
+        assert "GPUs only" in rank["sync_batchnorm_on_cpu"]
+
+
+def test_the_example_runs_on_two_processes(tmp_path):
+    result_file = tmp_path / "result.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(THIS_FILE.parent.parent / "examples" / "ddp_fashion_mnist.py"), "--epochs", "1",
+               "--train-size", "1024", "--val-size", "500", "--result-json", str(result_file)]  # fmt: skip
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PDL_DEVICE": "cpu"},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads(result_file.read_text())
+    assert (result["processes"], result["backend"]) == (2, "gloo")
+    assert result["batch_size_per_step"] == 2 * 64
+    # predict() put the two ranks' outputs back in order: they match the targets as fit's did.
+    assert result["val_accuracy"] == pytest.approx(result["predict_accuracy"], abs=1e-6)
+    assert result["val_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert "2 processes (gloo, cpu)" in done.stdout
+
+
+def without_seconds(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
 def test_resuming_on_two_ranks_continues_the_run_exactly(two_ranks):
     _, (rank0, rank1), _ = two_ranks
     for rank in (rank0, rank1):
-        torch.testing.assert_close(flat(rank["resumed_weights"]), flat(rank0["weights"]), rtol=0, atol=1e-7)
-        strip = [{k: v for k, v in row.items() if k != "seconds"} for row in rank["resumed_history"]]
-        assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in rank0["history"]]
+        torch.testing.assert_close(
+            flat(rank["resumed_weights"]), flat(rank0["weights"]), rtol=0, atol=1e-7
+        )
+        assert without_seconds(rank["resumed_history"]) == without_seconds(rank0["history"])
 
 
 # --------------------------------------------------------------------------------------
@@ -199,8 +259,15 @@ def test_ctrl_c_on_one_rank_ends_the_whole_job_quickly(tmp_path):
 def test_shards_of_two_ranks_make_up_the_doubled_batch_step_by_step():
     x = torch.arange(64.0)
     for make in (
-        lambda: tensor_loader(x, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(SEED)),
-        lambda: DataLoader(TensorDataset(x), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(SEED)),
+        lambda: tensor_loader(
+            x, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(SEED)
+        ),
+        lambda: DataLoader(
+            TensorDataset(x),
+            batch_size=4,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(SEED),
+        ),
     ):
         shards = [distributed.shard_for_training(make(), rank=r, world_size=2) for r in (0, 1)]
         for epoch in (1, 2):
@@ -220,15 +287,22 @@ def test_evaluation_shards_count_every_sample_once_and_keep_options():
     seen = [sample for shard in shards for (batch,) in shard for sample in batch.tolist()]
     assert sorted(seen) == list(range(11))  # no padding, no duplicates
     assert shards[1].num_workers == 1 and shards[1].batch_size == 3
-    assert distributed.shard_for_evaluation(shards[0], rank=0, world_size=2) is shards[0]  # already split
+    again = distributed.shard_for_evaluation(shards[0], rank=0, world_size=2)
+    assert again is shards[0]  # already split
 
 
 @pytest.mark.parametrize(
     ("loader", "words"),
     [
         ([(torch.zeros(2, 3), torch.zeros(2))], ["DataLoader", "list"]),
-        (DataLoader(TensorDataset(torch.zeros(8)), sampler=SubsetRandomSampler([0, 1, 2])), ["SubsetRandomSampler", "Subset"]),
-        (DataLoader(TensorDataset(torch.zeros(8)), sampler=WeightedRandomSampler([1.0] * 8, 8)), ["WeightedRandomSampler", "DistributedSampler"]),
+        (
+            DataLoader(TensorDataset(torch.zeros(8)), sampler=SubsetRandomSampler([0, 1, 2])),
+            ["SubsetRandomSampler", "Subset"],
+        ),
+        (
+            DataLoader(TensorDataset(torch.zeros(8)), sampler=WeightedRandomSampler([1.0] * 8, 8)),
+            ["WeightedRandomSampler", "DistributedSampler"],
+        ),
     ],
 )
 def test_loaders_that_cannot_be_split_get_a_clear_error(loader, words):
@@ -248,14 +322,18 @@ def test_sync_batchnorm_keeps_weights_and_behaves_like_batchnorm_in_one_process(
     x = torch.randn(16, 4)
     expected = nn.functional.batch_norm(nn.functional.linear(x, reference["0.weight"], reference["0.bias"]),
                                         None, None, reference["1.weight"], reference["1.bias"], training=True)  # fmt: skip
-    torch.testing.assert_close(synced(x), expected)  # training mode, no process group: plain BatchNorm
+    # Training mode without a process group: plain BatchNorm.
+    torch.testing.assert_close(synced(x), expected)
 
 
 def test_one_process_leaves_everything_as_it_is():
     model, loader = nn.Linear(2, 1), tensor_loader(torch.zeros(4, 2), batch_size=2)
     assert distributed.setup(torch.device("cpu")) == (torch.device("cpu"), False)
     assert distributed.wrap_model(model, torch.device("cpu")) is model
-    assert distributed.shard_for_training(loader) is loader and distributed.shard_for_evaluation(loader) is loader
+    assert (
+        distributed.shard_for_training(loader) is loader
+        and distributed.shard_for_evaluation(loader) is loader
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -279,8 +357,8 @@ class FailingLoss(nn.CrossEntropyLoss):
 
 
 def worker(scenario: str, out: Path) -> None:
-    def run(model, epochs, loss_fn=None, **kwargs):
-        train_loader, val_loader = loaders()
+    def run(model, epochs, loss_fn=None, seed=SEED, **kwargs):
+        train_loader, val_loader = loaders(seed)
         return pdl.fit(
             model, train_loader, val_loader,
             loss_fn=loss_fn or nn.CrossEntropyLoss(),
@@ -291,7 +369,9 @@ def worker(scenario: str, out: Path) -> None:
     if scenario in ("fail", "interrupt"):
         error = RuntimeError if scenario == "fail" else KeyboardInterrupt
         at = N_TRAIN // (2 * BATCH) + 3  # epoch 2, step 3
-        history = run(make_model(), EPOCHS, loss_fn=FailingLoss(error, at, out / "failed_at"), progress=False)
+        history = run(
+            make_model(), EPOCHS, loss_fn=FailingLoss(error, at, out / "failed_at"), progress=False
+        )
         print(f"rank {distributed.get_rank()} interrupted: {history.interrupted}", flush=True)
         time.sleep(SURVIVES)  # a rank that goes on after fit: the others must not wait for it
         return
@@ -310,11 +390,28 @@ def worker(scenario: str, out: Path) -> None:
         "predict_targets": targets,
         "predict_tensor": pdl.predict(model, x_val, batch_size=16).outputs,
     }
-    # Resume: one epoch, then a new process-like start (fresh model and optimizer) from last.pt.
+    # Resume: one epoch, then a fresh start from last.pt (new model, optimizer and loaders).
+    # The shuffle follows the checkpoint's generator state, whatever seed the new loader has.
     run(make_model(), 1, checkpoint_dir=out / "part", progress=False)
     resumed = make_model()
-    resumed_history = run(resumed, EPOCHS, checkpoint_dir=out / "part", resume=out / "part" / "last.pt")
+    resume = out / "part" / "last.pt"
+    resumed_history = run(
+        resumed, EPOCHS, seed=SEED + 1, checkpoint_dir=out / "part", resume=resume
+    )
     results.update(resumed_weights=resumed.state_dict(), resumed_history=resumed_history.rows)
+    # BatchNorm: a warning that each rank normalizes alone; SyncBatchNorm on the CPU: a clear error.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distributed.wrap_model(
+            nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), torch.device("cpu")
+        )
+    results["batchnorm_warnings"] = [str(w.message) for w in caught]
+    try:
+        distributed.wrap_model(
+            distributed.sync_batchnorm(nn.Sequential(nn.BatchNorm1d(2))), torch.device("cpu")
+        )
+    except ValueError as error:
+        results["sync_batchnorm_on_cpu"] = str(error)
     torch.save(results, out / f"rank{distributed.get_rank()}.pt")
 
 
