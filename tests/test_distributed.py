@@ -1,7 +1,7 @@
 """pdl.fit on two processes (DistributedDataParallel, gloo on the CPU), launched with torchrun.
 
-The tests below start ``python -m torch.distributed.run --nproc-per-node 2`` on this very
-file; ``worker()`` at the bottom is what each rank runs. The reference they compare with is
+The tests below start ``python -m torch.distributed.run --nproc-per-node 2`` on this very file
+(three jobs side by side); ``worker()`` at the bottom is what each rank runs. The reference is
 the hand-written loop of lecture 03 in this process, with the doubled batch over the order
 ``DistributedSampler`` uses: epoch e shuffles with ``torch.randperm(n, seed + e)``, rank r takes
 positions r, r+2, r+4, ... of it, so step k of the two ranks together sees exactly positions
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
+from subprocess import PIPE
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -31,6 +34,7 @@ from pdl.metrics import classification_metrics
 
 N_TRAIN, N_VAL, BATCH, EPOCHS, SEED, LR = 256, 101, 16, 3, 7, 0.2  # 101: the ranks get 51 and 50
 THIS_FILE = Path(__file__).resolve()
+EXAMPLE = THIS_FILE.parent.parent / "examples" / "ddp_fashion_mnist.py"
 
 
 def toy_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,32 +62,43 @@ def flat(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.flatten() for t in state_dict.values()])
 
 
-def torchrun(
-    scenario: str, out: Path, timeout: float = 300
-) -> tuple[subprocess.CompletedProcess, float]:
-    """Run ``worker(scenario, out)`` on 2 ranks; return the finished job and the time it ended."""
-    # --standalone: a rendezvous on this machine at a free port, so tests can run side by side.
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(THIS_FILE), scenario, str(out)]  # fmt: skip
+class Job(NamedTuple):
+    done: subprocess.CompletedProcess
+    ended: float  # time.time() when it had ended
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory) -> dict[str, Job]:
+    """The three torchrun jobs of these tests, started side by side (most of their time is
+    Python starting and importing torch): "train", "fail" and "interrupt"."""
+    # --standalone: a rendezvous on this machine at a free port, so jobs can run side by side.
     env = {**os.environ, "PDL_DEVICE": "cpu", "PYTHONPATH": str(THIS_FILE.parent.parent)}
-    # A session of its own, so that a job that hangs can be ended with all its workers.
-    job = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = job.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(job.pid, signal.SIGKILL)
-        stdout, stderr = job.communicate()
-        pytest.fail(
-            f"the torchrun job {scenario!r} still ran after {timeout} s:\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    running = {}
+    for scenario in ("train", "fail", "interrupt"):
+        out = tmp_path_factory.mktemp(scenario)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   str(THIS_FILE), scenario, str(out)]  # fmt: skip
+        # A session of its own, so that a job that hangs can be ended with all its workers.
+        job = subprocess.Popen(
+            command, stdout=PIPE, stderr=PIPE, text=True, env=env, start_new_session=True
         )
-    return subprocess.CompletedProcess(command, job.returncode, stdout, stderr), time.time()
+        running[scenario] = (job, out)
+    finished, deadline = {}, time.time() + 600
+    try:
+        for scenario, (job, out) in running.items():
+            try:
+                stdout, stderr = job.communicate(timeout=max(deadline - time.time(), 1))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the torchrun job {scenario!r} still ran after 600 s")
+            done = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+            finished[scenario] = Job(done, time.time(), out)
+    finally:  # a hung job, or Ctrl-C in pytest: leave no worker behind
+        for job, _ in running.values():
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+                job.wait()
+    return finished
 
 
 # --------------------------------------------------------------------------------------
@@ -118,10 +133,9 @@ def reference_run() -> tuple[nn.Module, list[dict[str, float]]]:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """One torchrun job for the tests below: fit, evaluate, predict and resume on 2 ranks."""
-    out = tmp_path_factory.mktemp("ddp")
-    done, _ = torchrun("train", out)
+def two_ranks(jobs):
+    """The "train" job: fit, evaluate, predict, resume and the example on 2 ranks."""
+    done, _, out = jobs["train"]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     results = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     return out, results, done.stdout
@@ -190,26 +204,15 @@ def test_batchnorm_gets_a_warning_and_sync_batchnorm_on_the_cpu_a_clear_error(tw
         assert "GPUs only" in rank["sync_batchnorm_on_cpu"]
 
 
-def test_the_example_runs_on_two_processes(tmp_path):
-    result_file = tmp_path / "result.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(THIS_FILE.parent.parent / "examples" / "ddp_fashion_mnist.py"), "--epochs", "1",
-               "--train-size", "1024", "--val-size", "500", "--result-json", str(result_file)]  # fmt: skip
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PDL_DEVICE": "cpu"},
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    result = json.loads(result_file.read_text())
+def test_the_example_runs_on_two_processes(two_ranks):
+    out, _, stdout = two_ranks
+    result = json.loads((out / "example.json").read_text())
     assert (result["processes"], result["backend"]) == (2, "gloo")
     assert result["batch_size_per_step"] == 2 * 64
     # predict() put the two ranks' outputs back in order: they match the targets as fit's did.
     assert result["val_accuracy"] == pytest.approx(result["predict_accuracy"], abs=1e-6)
     assert result["val_accuracy"] > 0.5  # 10 classes: chance is 0.1
-    assert "2 processes (gloo, cpu)" in done.stdout
+    assert stdout.count("2 processes (gloo, cpu)") == 1, stdout
 
 
 def without_seconds(rows: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -235,19 +238,19 @@ def test_resuming_on_two_ranks_continues_the_run_exactly(two_ranks):
 SURVIVES = 120
 
 
-def test_an_error_on_one_rank_ends_the_whole_job_quickly(tmp_path):
-    done, ended = torchrun("fail", tmp_path)
+def test_an_error_on_one_rank_ends_the_whole_job_quickly(jobs):
+    done, ended, out = jobs["fail"]
     assert done.returncode != 0
     assert "injected failure on rank 1" in done.stdout + done.stderr
-    seconds = ended - float((tmp_path / "failed_at").read_text())
+    seconds = ended - float((out / "failed_at").read_text())
     assert seconds < 60, f"the job ended {seconds:.0f} s after the failure"
 
 
-def test_ctrl_c_on_one_rank_ends_the_whole_job_quickly(tmp_path):
-    done, ended = torchrun("interrupt", tmp_path)
+def test_ctrl_c_on_one_rank_ends_the_whole_job_quickly(jobs):
+    done, ended, out = jobs["interrupt"]
     assert "rank 1 interrupted: True" in done.stdout, done.stdout + done.stderr[-3000:]
     assert done.returncode != 0  # rank 0 was waiting in an all-reduce: it fails instead of waiting
-    seconds = ended - float((tmp_path / "failed_at").read_text())
+    seconds = ended - float((out / "failed_at").read_text())
     assert seconds < 60, f"the job ended {seconds:.0f} s after the Ctrl-C"
 
 
@@ -413,6 +416,10 @@ def worker(scenario: str, out: Path) -> None:
     except ValueError as error:
         results["sync_batchnorm_on_cpu"] = str(error)
     torch.save(results, out / f"rank{distributed.get_rank()}.pt")
+    # The example, small, in the process group that the first fit created.
+    sys.argv = [str(EXAMPLE), "--epochs", "1", "--train-size", "1024", "--val-size", "500",
+                "--result-json", str(out / "example.json")]  # fmt: skip
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
 
 
 if __name__ == "__main__":
