@@ -16,7 +16,11 @@ on a laptop: ``benchmarks/ddp_scaling.py`` measures it. On a machine with N GPUs
 ``--nproc-per-node N``: each rank takes the GPU ``LOCAL_RANK`` (that path is unverified on the
 course machines, which have no GPU).
 
-``--result-json PATH`` writes the final numbers as JSON (rank 0), for a notebook to show.
+Rank 0 prints four lines: the set-up (processes, backend, batches), the final validation
+accuracy and loss, the accuracy recomputed from ``predict``, and the seconds. ``--result-json
+PATH`` writes the same numbers for a notebook to show: processes, backend, device, epochs,
+train_size, batch_size_per_process, batch_size_per_step, val_size, val_accuracy, val_loss,
+predict_accuracy, seconds, samples_per_second.
 """
 
 from __future__ import annotations
