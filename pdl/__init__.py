@@ -17,6 +17,7 @@ Small modules, one concern each, meant to be read:
 - ``pdl.weights``: pretrained weights, ``build_backbone``, matching preprocessing (lecture 07).
 - ``pdl.features``: frozen-backbone features, their cache, the linear probe (lecture 07).
 - ``pdl.checks``: self-checks for the notebook exercises.
+- ``pdl.distributed``: several processes under ``torchrun`` (DistributedDataParallel) for ``fit``.
 """
 
 __version__ = "0.1.0"  # the only place the version is written (pyproject.toml reads it)
@@ -28,6 +29,7 @@ from pdl import (  # noqa: E402
     data,
     device,
     diagnostics,
+    distributed,
     features,
     history,
     metrics,
@@ -51,6 +53,7 @@ __all__ = [
     "data",
     "device",
     "diagnostics",
+    "distributed",
     "evaluate",
     "features",
     "fit",

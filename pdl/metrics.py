@@ -14,9 +14,11 @@ Which task?
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torchmetrics
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 
 
 def classification_metrics(num_classes: int, *, task: str | None = None) -> MetricCollection:
@@ -84,3 +86,35 @@ def confusion_matrix(outputs: torch.Tensor, targets: torch.Tensor, num_classes: 
     predictions = outputs.argmax(dim=-1) if outputs.ndim == 2 else outputs
     metric = torchmetrics.ConfusionMatrix(task="multiclass", num_classes=num_classes)
     return metric(predictions.cpu(), targets.cpu())
+
+
+def metric_copies(
+    metrics: MetricCollection | Mapping[str, Metric] | None, device: torch.device | str
+) -> tuple[MetricCollection | None, MetricCollection | None]:
+    """Two independent copies of ``metrics`` on ``device``, for training and for validation.
+
+    A metric accumulates state between ``update`` and ``compute``, so the training and the
+    validation numbers of an epoch need one copy each.
+
+    Example:
+        >>> train, val = metric_copies(classification_metrics(3), "cpu")
+        >>> train is val, sorted(train)
+        (False, ['accuracy', 'f1', 'precision', 'recall'])
+    """
+    if metrics is None:
+        return None, None
+    if not isinstance(metrics, MetricCollection):
+        metrics = MetricCollection(dict(metrics))
+    return metrics.clone().to(device), metrics.clone().to(device)
+
+
+def compute_metrics(metrics: MetricCollection) -> dict[str, float]:
+    """``metrics.compute()`` as plain Python floats, one per metric name.
+
+    Example:
+        >>> m = classification_metrics(2)
+        >>> m.update(torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0]))
+        >>> compute_metrics(m)["accuracy"]
+        0.5
+    """
+    return {name: value.item() for name, value in metrics.compute().items()}

@@ -32,6 +32,7 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from tqdm.auto import tqdm
 
+from pdl import distributed  # distributed: several processes under torchrun (pdl/distributed.py)
 from pdl.checkpoint import (
     load_checkpoint,
     loader_generator,
@@ -44,8 +45,6 @@ from pdl.checkpoint import (
 )
 from pdl.device import PrecisionPolicy, get_device, precision_policy, to_device
 from pdl.diagnostics import (
-    BatchShapeError,
-    NonFiniteLossError,
     check_class_indices,
     check_fit_arguments,
     check_loader,
@@ -67,13 +66,8 @@ from pdl.history import (
     summary_line,
     tensorboard_writer,
 )
+from pdl.metrics import compute_metrics, metric_copies
 from pdl.plot import LivePlot
-
-# BatchShapeError and NonFiniteLossError live in pdl.diagnostics; they are named here too until
-# notebook 06 and tools/make_figures.py (pdl.train.NonFiniteLossError) import them from there.
-__all__ = ["BatchShapeError", "History", "NonFiniteLossError", "Predictions", "evaluate", "fit", "predict",
-           "train_one_epoch"]  # fmt: skip
-
 
 # --------------------------------------------------------------------------------------
 # One epoch of training, one pass of evaluation, predictions
@@ -164,9 +158,11 @@ def train_one_epoch(
         # The last batches did not fill a group of accumulate_steps: step with what they added.
         skipped_steps += _optimizer_step(model, optimizer, scaler, grad_clip, step_scheduler)
     optimizer.zero_grad(set_to_none=True)  # free the gradients' memory until the next epoch
+    loss_sum, sample_count = distributed.sum_over_ranks(loss_sum, sample_count)  # distributed: all ranks
+    distributed.broadcast_buffers(model)  # distributed: every rank evaluates rank 0's BatchNorm statistics
     results = {"loss": loss_sum / sample_count}
     if metrics is not None:
-        results.update(_compute(metrics))
+        results.update(compute_metrics(metrics))
     if scaler.is_enabled():
         results["skipped_steps"] = skipped_steps
     return results
@@ -206,6 +202,7 @@ def evaluate(
 
     Returns the mean loss (when ``loss_fn`` is given) and the computed ``metrics``.
     Eval mode matters: dropout is switched off and batch norm uses its running statistics.
+    Under torchrun each rank evaluates its share and returns the results over all of it.
 
     Example:
         >>> model = nn.Linear(3, 2)
@@ -217,6 +214,7 @@ def evaluate(
     policy = policy or precision_policy(device, "fp32")
     check_loss_fn(loss_fn, required=False)
     check_loader(loader, "the evaluation loader")
+    loader = distributed.shard_for_evaluation(loader)  # distributed: each rank evaluates its share
     model.eval()
     if metrics is not None:
         metrics.reset()
@@ -242,11 +240,12 @@ def evaluate(
         bar.close()
     if step == 0:
         raise no_batches_error("the evaluation loader", 1)
+    loss_sum, sample_count = distributed.sum_over_ranks(loss_sum, sample_count)  # distributed: all ranks
     results = {}
     if loss_fn is not None:
         results["loss"] = loss_sum / sample_count
     if metrics is not None:
-        results.update(_compute(metrics))
+        results.update(compute_metrics(metrics))
     return results
 
 
@@ -268,6 +267,7 @@ def predict(
 
     Batches may be ``(inputs, targets)`` or just inputs. The outputs are raw scores
     (logits): take ``.argmax(1)`` for class predictions, ``.softmax(1)`` for probabilities.
+    Under torchrun every rank returns all outputs, in the order of the data.
 
     Example:
         >>> out, targets = predict(nn.Linear(3, 2), torch.randn(5, 3), device="cpu")
@@ -275,6 +275,7 @@ def predict(
         (torch.Size([5, 2]), None)
     """
     device = _resolve_device(model, device)
+    data = distributed.shard_for_evaluation(data)  # distributed: each rank predicts its share
     if isinstance(data, torch.Tensor):
         data = data.split(batch_size)
     model.eval()
@@ -291,7 +292,9 @@ def predict(
             outputs.append(model(inputs).float().cpu())
     if not outputs:
         raise ValueError("predict got no data: the loader or tensor is empty")
-    return Predictions(torch.cat(outputs), torch.cat(targets) if targets else None)
+    outputs, targets = torch.cat(outputs), (torch.cat(targets) if targets else None)
+    # distributed: every rank gets all outputs and targets, in the order of the data
+    return Predictions(distributed.gather_shards(outputs), distributed.gather_shards(targets))
 
 
 # --------------------------------------------------------------------------------------
@@ -350,6 +353,10 @@ def fit(
     - ``progress``: a progress bar per epoch and one summary line per epoch.
     - ``live_plot``: in a notebook, redraw the loss curves after every epoch.
 
+    Under ``torchrun --nproc-per-node N`` the same call trains with DistributedDataParallel
+    (``pdl.distributed``): the history is the same on every rank, only rank 0 prints and
+    writes files, and ``model`` ends up trained.
+
     Every argument is checked before the first batch; see ``pdl.diagnostics``. Ctrl-C
     (KeyboardInterrupt) stops training cleanly: the model keeps what it learned, the history
     of the finished epochs is returned (``history.interrupted`` is True) and the checkpoints
@@ -364,19 +371,22 @@ def fit(
         >>> history.keys()
         ['epoch', 'train_loss', 'val_loss', 'lr', 'seconds']
     """
-    device = get_device(device)
+    # distributed: under torchrun, join the process group; each rank gets its own GPU
+    device, created_group = distributed.setup(get_device(device))
     check_training_arguments(model, loss_fn, optimizer, grad_clip, accumulate_steps)
     check_fit_arguments(train_loader, val_loader, epochs=epochs, patience=patience, scheduler=scheduler,
                         scheduler_interval=scheduler_interval, optimizer=optimizer)  # fmt: skip
     model.to(device)
     policy = precision_policy(device, precision)
     scaler = policy.make_scaler()  # a pass-through object unless fp16
-    train_metrics, val_metrics = _metric_copies(metrics, device)
+    train_metrics, val_metrics = metric_copies(metrics, device)
     columns = run_columns(train_metrics, val_loader is not None, optimizer, scaler.is_enabled())
     best = Monitor.choose(monitor, mode, columns, train_metrics)
     check_plateau_mode(scheduler, best.column, best.mode)
     requested_lrs = requested_learning_rates(optimizer)  # what this run asks for, before any training
     generator = loader_generator(train_loader)  # its state goes into every checkpoint
+    if not distributed.is_main_process():  # distributed: only rank 0 prints, logs and writes files
+        progress, live_plot, log_dir, checkpoint_dir = False, False, None, None
     if checkpoint_dir is not None:
         checkpoint_dir, removed = prepare_checkpoint_dir(checkpoint_dir)
         if removed:
@@ -396,6 +406,10 @@ def fit(
         if progress:
             print(f"Resumed from {resume} after epoch {done}.")
 
+    # distributed: DDP averages the gradients over the ranks; each rank trains on its share
+    trained_model = distributed.wrap_model(model, device)  # `model` itself in one process
+    train_loader = distributed.shard_for_training(train_loader)
+    val_loader = distributed.shard_for_evaluation(val_loader) if val_loader is not None else None
     writer = tensorboard_writer(log_dir)
     live = LivePlot() if live_plot else None
     epoch = start_epoch - 1
@@ -403,8 +417,9 @@ def fit(
         for epoch in range(start_epoch, epochs + 1):
             started = time.perf_counter()
             rates = learning_rates(optimizer)  # the rates this epoch starts with
+            distributed.set_epoch(train_loader, epoch)  # distributed: a new shuffle, the same on every rank
             train = train_one_epoch(
-                model, train_loader, loss_fn, optimizer,
+                trained_model, train_loader, loss_fn, optimizer,
                 device=device, policy=policy, scaler=scaler, metrics=train_metrics,
                 step_scheduler=scheduler if scheduler_interval == "step" else None,
                 grad_clip=grad_clip, accumulate_steps=accumulate_steps,
@@ -416,7 +431,7 @@ def fit(
                 check_validation_loss(val, epoch, train["loss"])
                 row.update({f"val_{k}": v for k, v in val.items()})
             row.update(rates)
-            row["seconds"] = time.perf_counter() - started
+            row["seconds"] = distributed.max_over_ranks(time.perf_counter() - started)  # distributed: slowest rank
             history.rows.append(row)
             improved = best.update(row)
             if scheduler is not None and scheduler_interval == "epoch":
@@ -446,13 +461,18 @@ def fit(
                     print(f"Early stopping: {best.column} has not improved for {patience} epochs "
                           f"(best {best.best:.4g}).")  # fmt: skip
                 break
+        distributed.barrier()  # distributed: return once rank 0 has written its checkpoints
     except KeyboardInterrupt:
         history.interrupted = True
+        distributed.leave(created_group)  # distributed: the ranks are out of step: let the others stop
         print(
             f"Interrupted during epoch {epoch}: returning the history of {len(history)} finished "
             "epochs. The model keeps its current weights"
             + (f"; checkpoints in {checkpoint_dir} are intact." if checkpoint_dir else ".")
         )
+    except BaseException:
+        distributed.leave(created_group)  # distributed: an error must not leave the other ranks waiting
+        raise
     finally:
         if writer is not None:
             writer.close()
@@ -460,23 +480,8 @@ def fit(
 
 
 # --------------------------------------------------------------------------------------
-# Helpers: metrics, devices, loaders
+# Helpers: devices, loaders
 # --------------------------------------------------------------------------------------
-
-
-def _metric_copies(
-    metrics: MetricCollection | Mapping[str, Metric] | None, device: torch.device
-) -> tuple[MetricCollection | None, MetricCollection | None]:
-    """Separate copies for training and validation: a metric accumulates state."""
-    if metrics is None:
-        return None, None
-    if not isinstance(metrics, MetricCollection):
-        metrics = MetricCollection(dict(metrics))
-    return metrics.clone().to(device), metrics.clone().to(device)
-
-
-def _compute(metrics: MetricCollection) -> dict[str, float]:
-    return {name: value.item() for name, value in metrics.compute().items()}
 
 
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:

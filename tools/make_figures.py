@@ -629,7 +629,7 @@ def fig_04_learning_rates() -> plt.Figure:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         try:
             histories[f"lr {lr:g}"] = quiet_fit(model, train, val, optimizer=optimizer, epochs=15)
-        except pdl.train.NonFiniteLossError:
+        except pdl.diagnostics.NonFiniteLossError:
             continue  # a diverging run is part of the lesson; it just has no curve
     fig, ax = plt.subplots(figsize=(8, 4.2))
     compare_histories(histories, metric="loss", split="train", ax=ax)
@@ -758,7 +758,7 @@ def fig_06_bn_training() -> plt.Figure:
             name = f"{'with' if batch_norm else 'no'} BN, lr {lr:g}"
             try:
                 histories[name] = quiet_fit(model, train, val, optimizer=optimizer, epochs=15)
-            except pdl.train.NonFiniteLossError:
+            except pdl.diagnostics.NonFiniteLossError:
                 continue
     fig, ax = plt.subplots(figsize=(8, 4.2))
     compare_histories(histories, ax=ax)
