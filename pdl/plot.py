@@ -25,7 +25,7 @@ def plot_history(
 ) -> plt.Axes:
     """Training and validation curves of one metric, together, against the epoch.
 
-    ``history`` is a ``pdl.train.History`` or a dict of columns (``{"train_loss": [...],
+    ``history`` is a ``pdl.History`` or a dict of columns (``{"train_loss": [...],
     "val_loss": [...]}``). Losses get a log-scale y axis by default: on a linear axis every
     loss curve looks like an "L", and the late progress (or the growing gap between training
     and validation that signals overfitting) is invisible. ``label`` prefixes the legend,

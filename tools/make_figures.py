@@ -837,7 +837,7 @@ def _pretrained_first_conv() -> tuple[str, torch.Tensor, torch.Tensor]:
     """
     import torchvision
 
-    from pdl.transfer import WeightsNotAvailableError, build_backbone
+    from pdl.weights import WeightsNotAvailableError, build_backbone
 
     choices = [
         ("resnet18", "DEFAULT", "ResNet-18, torchvision's ImageNet weights"),
