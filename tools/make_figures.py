@@ -721,11 +721,11 @@ def fig_05_filters() -> plt.Figure:
     with torch.inference_mode():
         maps = torch.relu(model[0](sample[None]))[0]
     axes[0, 0].set_title("input", fontsize=11)
-    axes[0, 0].imshow(sample[0], cmap="gray")
+    axes[0, 0].imshow(sample[0].numpy(), cmap="gray")
     axes[1, 0].set_visible(False)
     for k in range(8):
-        axes[0, k + 1].imshow(model[0].weight[k, 0].detach(), cmap="RdBu_r")
-        axes[1, k + 1].imshow(maps[k], cmap="gray")
+        axes[0, k + 1].imshow(model[0].weight[k, 0].detach().numpy(), cmap="RdBu_r")
+        axes[1, k + 1].imshow(maps[k].numpy(), cmap="gray")
     axes[0, 1].set_title("filters (5x5)", fontsize=11, loc="left")
     axes[1, 1].set_title("feature maps (after ReLU)", fontsize=11, loc="left")
     for ax in axes.flat:
