@@ -37,6 +37,7 @@ LECTURES = [
     "02_autograd",
     "03_nn_module",
     "04_training_tricks",
+    "05_cnn",
     "06_batchnorm",
     "07_finetuning_resnet",
 ]

@@ -715,6 +715,205 @@ def fig_04_lr_schedules() -> plt.Figure:
 
 
 # --------------------------------------------------------------------------------------
+# 05 Convolutional networks
+# --------------------------------------------------------------------------------------
+
+
+def _cells(ax: plt.Axes, values: torch.Tensor, x0: float, y0: float, colors: list[list[str]] | str,
+           highlight: tuple[int, int, int] | None = None) -> None:
+    """A 2-D tensor as numbered cells (top-left at x0, y0); ``colors`` per cell or one for all;
+    ``highlight=(row, column, size)`` outlines a square window in red."""
+    rows, cols = values.shape
+    for i in range(rows):
+        for j in range(cols):
+            color = colors if isinstance(colors, str) else colors[i][j]
+            ax.add_patch(Rectangle((x0 + j, y0 - i), 1, 1, facecolor=color, edgecolor="#555"))
+            ax.text(x0 + j + 0.5, y0 - i + 0.5, f"{values[i, j].item():g}", ha="center", va="center", fontsize=12)
+    if highlight is not None:
+        i, j, size = highlight
+        ax.add_patch(Rectangle((x0 + j, y0 - i - size + 1), size, size, fill=False, edgecolor="#d62728", lw=3))
+
+
+@figure
+def fig_05_convolution() -> plt.Figure:
+    image = torch.tensor([[1.0, 2, 0, 1, 3], [0, 1, 3, 2, 1], [2, 0, 1, 1, 0], [1, 3, 2, 0, 1], [0, 1, 1, 2, 2]])
+    kernel = torch.tensor([[1.0, 0, -1], [1, 0, -1], [1, 0, -1]])
+    out = torch.nn.functional.conv2d(image[None, None], kernel[None, None])[0, 0]  # what nn.Conv2d computes
+    i, j = 1, 2  # the window shown
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    _cells(ax, image, 0, 4, "#deebf7", highlight=(i, j, 3))
+    ax.text(5.6, 2.5, "*", fontsize=24, ha="center", va="center")
+    _cells(ax, kernel, 6.2, 3, "#fdd0a2")
+    ax.text(9.8, 2.5, "=", fontsize=24, ha="center", va="center")
+    _cells(ax, out, 10.4, 3, "#e5f5e0", highlight=(i, j, 1))
+    window = image[i:i + 3, j:j + 3]
+    ax.text(6.5, -1.0, f"out[{i}, {j}] = sum(window x kernel) = {(window * kernel).sum().item():g}"
+            f"   (F.conv2d: {out[i, j].item():g})", ha="center", fontsize=12, color="#d62728")
+    ax.text(2.5, -1.9, "input 5x5", ha="center", fontsize=12)
+    ax.text(7.7, -1.9, "kernel 3x3 (learned)", ha="center", fontsize=12)
+    ax.text(11.9, -1.9, "output 3x3", ha="center", fontsize=12)
+    ax.set_xlim(-0.3, 13.7)
+    ax.set_ylim(-2.3, 5.2)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title("A 3x3 kernel slides over the input; every position uses the same 9 weights")
+    fig.tight_layout()
+    return fig
+
+
+@figure
+def fig_05_pooling() -> plt.Figure:
+    grid = torch.tensor([[1.0, 3, 2, 0], [4, 2, 1, 1], [0, 1, 5, 6], [2, 2, 7, 8]])
+    palette = [["#deebf7", "#fdd0a2"], ["#e5f5e0", "#efedf5"]]  # one colour per 2x2 window
+    colors = [[palette[i // 2][j // 2] for j in range(4)] for i in range(4)]
+    pooled = {"max pooling": torch.nn.functional.max_pool2d(grid[None, None], 2)[0, 0],
+              "average pooling": torch.nn.functional.avg_pool2d(grid[None, None], 2)[0, 0]}
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    _cells(ax, grid, 0, 3, colors)
+    for k, (name, values) in enumerate(pooled.items()):
+        x0 = 6 + 4.5 * k
+        _cells(ax, values, x0, 2, palette)
+        ax.text(x0 + 1, -0.7, name, ha="center", fontsize=12)
+    ax.text(2, -0.7, "4x4 feature map", ha="center", fontsize=12)
+    ax.annotate("", xy=(5.6, 1.5), xytext=(4.3, 1.5), arrowprops={"arrowstyle": "-|>", "color": "#333", "lw": 2})
+    ax.set_xlim(-0.3, 13)
+    ax.set_ylim(-1.1, 4.2)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title("2x2 pooling with stride 2: one number per window, no parameters, half the height and width")
+    fig.tight_layout()
+    return fig
+
+
+@figure
+def fig_05_receptive_field() -> plt.Figure:
+    layers = [("conv 3x3", 3, 1), ("conv 3x3", 3, 1), ("max-pool 2x2", 2, 2), ("conv 3x3", 3, 1)]
+    size = 16
+    fig, axes = plt.subplots(1, len(layers), figsize=(12, 3.7), layout="constrained")
+    stack: list[nn.Module] = []
+    for ax, (name, kernel_size, stride) in zip(axes, layers, strict=True):
+        window = nn.Conv2d(1, 1, kernel_size, stride=stride, bias=False)  # the pooling window's footprint
+        nn.init.constant_(window.weight, 1.0)
+        stack.append(window)
+        x = torch.zeros(1, 1, size, size, requires_grad=True)
+        out = nn.Sequential(*stack)(x)
+        out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()  # which input pixels reach the centre unit?
+        reached = (x.grad[0, 0] != 0).float()
+        side = int(reached.sum(dim=1).nonzero().numel())
+        ax.imshow(reached.numpy(), cmap="Blues", vmin=0, vmax=1.3)
+        ax.set_xticks(np.arange(-0.5, size, 1), [])
+        ax.set_yticks(np.arange(-0.5, size, 1), [])
+        ax.tick_params(length=0)
+        ax.grid(color="#ccc", lw=0.5)
+        ax.set_title(f"+ {name}\nsees {side}x{side} pixels", fontsize=12)
+    fig.suptitle("Receptive field of one unit after each layer (measured with autograd on a 16x16 input)")
+    return fig
+
+
+def _bars(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n noisy 16x16 images, each with one short bar: horizontal, vertical or one of two diagonals."""
+    images = torch.randn(n, 1, 16, 16, generator=generator) * 0.3
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    offsets = torch.randint(3, 13, (n, 2), generator=generator)
+    for k in range(n):
+        r, c = offsets[k].tolist()
+        for t in range(-2, 3):
+            dr, dc = [(0, t), (t, 0), (t, t), (t, -t)][labels[k]]
+            images[k, 0, r + dr, c + dc] += 2.0
+    return images, labels
+
+
+@figure
+def fig_05_filters() -> plt.Figure:
+    generator = torch.Generator().manual_seed(0)
+    (x_train, y_train), (x_val, y_val) = _bars(1500, generator), _bars(500, generator)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(8 * 16, 4))
+    quiet_fit(model, (x_train, y_train), (x_val, y_val), optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), epochs=6)
+    outputs, targets = pdl.predict(model, x_val, device="cpu"), y_val
+    val_accuracy = accuracy(outputs.outputs, targets)
+    fig, axes = plt.subplots(2, 9, figsize=(12, 3.4))
+    sample = x_val[int((y_val == 2).nonzero()[0])]  # a diagonal bar
+    with torch.inference_mode():
+        maps = torch.relu(model[0](sample[None]))[0]
+    axes[0, 0].set_title("input", fontsize=11)
+    axes[0, 0].imshow(sample[0].numpy(), cmap="gray")
+    axes[1, 0].set_visible(False)
+    for k in range(8):
+        axes[0, k + 1].imshow(model[0].weight[k, 0].detach().numpy(), cmap="RdBu_r")
+        axes[1, k + 1].imshow(maps[k].numpy(), cmap="gray")
+    axes[0, 1].set_title("filters (5x5)", fontsize=11, loc="left")
+    axes[1, 1].set_title("feature maps (after ReLU)", fontsize=11, loc="left")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"A CNN trained to tell 4 bar orientations apart (validation accuracy {val_accuracy:.0%}): "
+                 "its first-layer filters and feature maps")
+    fig.tight_layout()
+    return fig
+
+
+def _letter_f() -> torch.Tensor:
+    """A 28x28 uint8 image of the letter F: asymmetric, so flips and shifts are visible."""
+    image = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    image[0, 5:23, 9:13] = 255  # the stem
+    image[0, 5:9, 9:21] = 255  # the top bar
+    image[0, 12:16, 9:18] = 255  # the middle bar
+    return image
+
+
+@figure
+def fig_05_augmentation() -> plt.Figure:
+    from torchvision.transforms import v2
+
+    augment = v2.Compose([v2.RandomCrop(28, padding=3), v2.RandomHorizontalFlip(), v2.RandomRotation(10)])
+    torch.manual_seed(0)
+    image = _letter_f()
+    versions = torch.stack([image] + [augment(image) for _ in range(7)]).float() / 255
+    fig = pdl.plot.show_images(versions, ncols=8, size=1.4)
+    fig.axes[0].set_title("original", fontsize=10)
+    fig.suptitle("v2.RandomCrop(28, padding=3), RandomHorizontalFlip(), RandomRotation(10): a new version per call")
+    fig.tight_layout()
+    return fig
+
+
+@figure
+def fig_05_regularization() -> plt.Figure:
+    # Four overlapping blobs plus 8 noise features, and only 100 training points: a roomy MLP
+    # can memorize them through the noise features, so the validation loss turns up early.
+    x, y, _ = blobs(1100, seed=1)
+    x = torch.cat([x, torch.randn(len(x), 8, generator=torch.Generator().manual_seed(3))], dim=1)
+    train, val = (x[:100], y[:100]), (x[100:], y[100:])
+
+    def run(hidden: list[int], dropout: float = 0.0, make_optimizer=lambda p: torch.optim.Adam(p, lr=3e-3)) -> pdl.History:
+        torch.manual_seed(0)
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip([10, *hidden[:-1]], hidden, strict=True):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU(), nn.Dropout(dropout)]
+        model = nn.Sequential(*layers, nn.Linear(hidden[-1], 4))
+        return quiet_fit(model, train, val, optimizer=make_optimizer(model.parameters()), epochs=60, batch_size=32)
+
+    histories = {
+        "baseline (256-256)": run([256, 256]),
+        "dropout 0.5": run([256, 256], dropout=0.5),
+        "AdamW weight_decay=1": run([256, 256], make_optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=1.0)),
+        "smaller (32)": run([32]),
+    }
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    baseline = histories["baseline (256-256)"]
+    plot_history(baseline, ax=left)
+    best = min(range(len(baseline)), key=lambda i: baseline["val_loss"][i]) + 1
+    left.axvline(best, color="gray", linestyle=":", label=f"early stopping keeps epoch {best}")
+    left.legend()
+    left.set_title("baseline: train and validation loss")
+    compare_histories(histories, ax=right)
+    right.set_title("validation loss, one change at a time")
+    fig.suptitle("100 training points (4 overlapping blobs + 8 noise features), an MLP, 60 epochs of Adam")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------
 # 06 Batch normalization
 # --------------------------------------------------------------------------------------
 

@@ -10,15 +10,17 @@ prints a short success line or what is wrong, and returns True/False:
 - ``pdl.checks.autograd``: lecture 02
 - ``pdl.checks.modules``: lecture 03
 - ``pdl.checks.training_tricks``: lecture 04
+- ``pdl.checks.cnn``: lecture 05
 - ``pdl.checks.batchnorm``: lecture 06
 - ``pdl.checks.transfer``: lecture 07
 
 Every check is also available directly as ``pdl.checks.check_...``.
 """
 
-from pdl.checks import autograd, batchnorm, modules, tensors, training_tricks, transfer
+from pdl.checks import autograd, batchnorm, cnn, modules, tensors, training_tricks, transfer
 from pdl.checks.autograd import *  # noqa: F403
 from pdl.checks.batchnorm import *  # noqa: F403
+from pdl.checks.cnn import *  # noqa: F403
 from pdl.checks.core import (
     Verdict,
     answers,
@@ -45,6 +47,6 @@ __all__ = [
     "tally",
 ] + [
     name
-    for module in (tensors, autograd, modules, training_tricks, batchnorm, transfer)
+    for module in (tensors, autograd, modules, training_tricks, cnn, batchnorm, transfer)
     for name in module.__all__
 ]
