@@ -1,4 +1,4 @@
-"""The lecture 05 self-checks: they pass correct code (PyTorch's own where it exists) and explain typical mistakes."""
+"""The lecture 05 self-checks (pdl.checks.cnn, .datasets, .dropout): they pass correct code (PyTorch's own where it exists) and explain typical mistakes."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from pdl.checks.cnn import (
     check_conv2d,
     check_conv_block,
     check_conv_output_size,
-    check_dropout,
-    check_dropout_placement,
-    check_image_dataset,
 )
+from pdl.checks.datasets import check_image_dataset
+from pdl.checks.dropout import check_dropout, check_dropout_placement
 
 
 def passes(check, answer, capsys) -> None:

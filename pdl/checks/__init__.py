@@ -10,14 +10,24 @@ prints a short success line or what is wrong, and returns True/False:
 - ``pdl.checks.autograd``: lecture 02
 - ``pdl.checks.modules``: lecture 03
 - ``pdl.checks.training_tricks``: lecture 04
-- ``pdl.checks.cnn``: lecture 05
+- ``pdl.checks.cnn``, ``pdl.checks.datasets``, ``pdl.checks.dropout``: lecture 05
 - ``pdl.checks.batchnorm``: lecture 06
 - ``pdl.checks.transfer``: lecture 07
 
 Every check is also available directly as ``pdl.checks.check_...``.
 """
 
-from pdl.checks import autograd, batchnorm, cnn, modules, tensors, training_tricks, transfer
+from pdl.checks import (
+    autograd,
+    batchnorm,
+    cnn,
+    datasets,
+    dropout,
+    modules,
+    tensors,
+    training_tricks,
+    transfer,
+)
 from pdl.checks.autograd import *  # noqa: F403
 from pdl.checks.batchnorm import *  # noqa: F403
 from pdl.checks.cnn import *  # noqa: F403
@@ -31,6 +41,8 @@ from pdl.checks.core import (
     solutions,
     tally,
 )
+from pdl.checks.datasets import *  # noqa: F403
+from pdl.checks.dropout import *  # noqa: F403
 from pdl.checks.modules import *  # noqa: F403
 from pdl.checks.tensors import *  # noqa: F403
 from pdl.checks.training_tricks import *  # noqa: F403
@@ -47,6 +59,6 @@ __all__ = [
     "tally",
 ] + [
     name
-    for module in (tensors, autograd, modules, training_tricks, cnn, batchnorm, transfer)
+    for module in (tensors, autograd, modules, training_tricks, cnn, datasets, dropout, batchnorm, transfer)
     for name in module.__all__
 ]
