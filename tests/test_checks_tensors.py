@@ -1,4 +1,4 @@
-"""The self-checks of lectures 00 and 01 (pdl.checks.tensors): right answers pass, usual mistakes are named.
+"""The self-checks of lectures 00 and 01 (pdl.checks.numpy_by_hand and pdl.checks.tensors): right answers pass, usual mistakes are named.
 
 Each check is run on a correct solution, on the untouched stub (NotImplementedError) and on
 the typical wrong solutions a student writes; the test asserts the return value and the line
@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from pdl import checks
-from pdl.checks import tensors
+from pdl.checks import numpy_by_hand, tensors
+
+LECTURE_00_01 = numpy_by_hand.__all__ + tensors.__all__
 
 
 def run(capsys, check, fn) -> tuple[bool, str]:
@@ -28,23 +30,23 @@ def stub(*args, **kwargs):
 
 
 def test_every_check_is_exported_by_pdl_checks():
-    for name in tensors.__all__:
-        assert getattr(checks, name) is getattr(tensors, name)
+    for name in LECTURE_00_01:
+        assert getattr(checks, name) is getattr(tensors if name in tensors.__all__ else numpy_by_hand, name)
 
 
-@pytest.mark.parametrize("name", tensors.__all__)
+@pytest.mark.parametrize("name", LECTURE_00_01)
 def test_the_stub_is_reported_not_raised(capsys, name):
-    result, out = run(capsys, getattr(tensors, name), stub)
+    result, out = run(capsys, getattr(checks, name), stub)
     assert result is False
     assert out.startswith("⬜") and "not attempted yet" in out
 
 
-@pytest.mark.parametrize("name", tensors.__all__)
+@pytest.mark.parametrize("name", LECTURE_00_01)
 def test_a_check_leaves_the_global_random_state_alone(capsys, name):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    getattr(tensors, name)(stub)
+    getattr(checks, name)(stub)
     capsys.readouterr()
     assert torch.equal(torch.rand(3), expected)
 
@@ -63,9 +65,9 @@ NONSENSE = {
 
 
 @pytest.mark.parametrize("answer", NONSENSE, ids=list(NONSENSE))
-@pytest.mark.parametrize("name", tensors.__all__)
+@pytest.mark.parametrize("name", LECTURE_00_01)
 def test_a_nonsense_answer_is_judged_not_raised(capsys, name, answer):
-    result, out = run(capsys, getattr(tensors, name), NONSENSE[answer])
+    result, out = run(capsys, getattr(checks, name), NONSENSE[answer])
     assert result is False and out.startswith("❌"), out
     assert "could not judge" not in out, f"{name} crashed on an answer that {answer}: {out}"
 

@@ -6,7 +6,8 @@ prints a short success line or what is wrong, and returns True/False:
     >>> pdl.checks.check_linear_backward(linear_backward)  # doctest: +SKIP
     ✅ linear_backward: correct
 
-- ``pdl.checks.tensors``: lectures 00 (NumPy by hand) and 01 (tensors)
+- ``pdl.checks.numpy_by_hand``: lecture 00 (gradients by hand in NumPy)
+- ``pdl.checks.tensors``: lecture 01
 - ``pdl.checks.autograd``: lecture 02
 - ``pdl.checks.modules``: lecture 03
 - ``pdl.checks.training_tricks``: lecture 04
@@ -24,6 +25,7 @@ from pdl.checks import (
     datasets,
     dropout,
     modules,
+    numpy_by_hand,
     tensors,
     training_tricks,
     transfer,
@@ -44,6 +46,7 @@ from pdl.checks.core import (
 from pdl.checks.datasets import *  # noqa: F403
 from pdl.checks.dropout import *  # noqa: F403
 from pdl.checks.modules import *  # noqa: F403
+from pdl.checks.numpy_by_hand import *  # noqa: F403
 from pdl.checks.tensors import *  # noqa: F403
 from pdl.checks.training_tricks import *  # noqa: F403
 from pdl.checks.transfer import *  # noqa: F403
@@ -59,6 +62,6 @@ __all__ = [
     "tally",
 ] + [
     name
-    for module in (tensors, autograd, modules, training_tricks, cnn, datasets, dropout, batchnorm, transfer)
+    for module in (numpy_by_hand, tensors, autograd, modules, training_tricks, cnn, datasets, dropout, batchnorm, transfer)
     for name in module.__all__
 ]

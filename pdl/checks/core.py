@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 PASS = "\u2705"  # a green tick
@@ -227,6 +228,32 @@ def compare_tensors(
     return (
         f"{name} is wrong at index {index}: got {got_cmp[index].item():.6g}, "
         f"expected {expected[index].item():.6g} (max abs difference {difference:.3g})"
+    )
+
+
+def compare_arrays(got: Any, expected: np.ndarray, name: str, atol: float = 1e-8) -> str | None:
+    """Like ``compare_tensors``, for NumPy answers: type first, then shape, then values.
+
+    Example:
+        >>> compare_arrays(np.float64(3.0), np.zeros(2), "grad_bias")
+        'grad_bias is a single number, expected an array of shape (2,)'
+        >>> compare_arrays(np.ones(2), np.ones(2), "grad_bias") is None
+        True
+    """
+    if isinstance(got, (np.generic, int, float)) and not isinstance(got, (bool, np.bool_)):
+        # A NumPy scalar (what a.sum() returns) or a Python number where an array belongs.
+        return f"{name} is a single number, expected an array of shape {expected.shape}"
+    if not isinstance(got, np.ndarray):
+        return f"{name} should be a NumPy array, got {type(got).__name__}"
+    if not (np.issubdtype(got.dtype, np.number) or got.dtype == np.bool_):
+        return f"{name} should be an array of numbers, got dtype {got.dtype}"
+    return compare_tensors(
+        # np.array copies: torch.from_numpy refuses arrays with negative strides (a[::-1]).
+        torch.from_numpy(np.array(got, dtype=expected.dtype)),
+        torch.from_numpy(expected),
+        name=name,
+        atol=atol,
+        rtol=1e-6,  # float32 rounding (~6e-8 relative) passes: the formula is what is judged
     )
 
 
