@@ -32,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")  # figures are files; no screen needed
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
 from torch import nn  # noqa: E402
