@@ -1,9 +1,11 @@
-"""Command line: ``python -m pdl doctor`` and ``python -m pdl data``."""
+"""Command line: ``python -m pdl doctor``, ``python -m pdl data`` and ``python -m pdl serve``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from pdl import serve  # lecture 08's demo app; its options live with it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("doctor", help="print versions, the device and the mixed-precision policy")
     fetch = commands.add_parser("data", help="fetch and verify every dataset the course needs")
     fetch.add_argument("names", nargs="*", help="only these datasets (default: all)")
+    serve.add_arguments(commands.add_parser("serve", help="start the demo web app on an exported model (lecture 08)"))
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve.main(args)
 
     if args.command == "doctor":
         from pdl.data import data_root, mirror_dir

@@ -12,14 +12,16 @@ prints a short success line or what is wrong, and returns True/False:
 - ``pdl.checks.training_tricks``: lecture 04
 - ``pdl.checks.batchnorm``: lecture 06
 - ``pdl.checks.transfer``: lecture 07
+- ``pdl.checks.deployment``: lecture 08
 
 Every check is also available directly as ``pdl.checks.check_...``.
 """
 
-from pdl.checks import autograd, batchnorm, modules, tensors, training_tricks, transfer
+from pdl.checks import autograd, batchnorm, deployment, modules, tensors, training_tricks, transfer
 from pdl.checks.autograd import *  # noqa: F403
 from pdl.checks.batchnorm import *  # noqa: F403
 from pdl.checks.core import Verdict, answers, call_safely, compare_tensors, exercise, report, solutions, tally
+from pdl.checks.deployment import *  # noqa: F403
 from pdl.checks.modules import *  # noqa: F403
 from pdl.checks.tensors import *  # noqa: F403
 from pdl.checks.training_tricks import *  # noqa: F403
@@ -36,6 +38,6 @@ __all__ = [
     "tally",
 ] + [
     name
-    for module in (tensors, autograd, modules, training_tricks, batchnorm, transfer)
+    for module in (tensors, autograd, modules, training_tricks, batchnorm, transfer, deployment)
     for name in module.__all__
 ]
