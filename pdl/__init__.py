@@ -11,10 +11,23 @@ Small modules, one concern each, meant to be read:
 - ``pdl.batchnorm``: batch normalization written out, and folding BN into a conv (lecture 06).
 - ``pdl.models``: networks built by hand in one lecture and reused in later ones (lecture 05's CNN).
 - ``pdl.checks``: self-checks for the notebook exercises.
+- ``pdl.distributed``: several processes under ``torchrun`` (DistributedDataParallel) for ``fit``.
 - ``pdl.transfer``: pretrained backbones, heads, freezing, cached features (lecture 07).
 """
 
-from pdl import batchnorm, checkpoint, checks, data, device, metrics, models, plot, train, transfer
+from pdl import (
+    batchnorm,
+    checkpoint,
+    checks,
+    data,
+    device,
+    distributed,
+    metrics,
+    models,
+    plot,
+    train,
+    transfer,
+)
 from pdl.device import get_device, precision_policy, seed_everything, to_device
 from pdl.train import History, evaluate, fit, predict, train_one_epoch
 
@@ -27,6 +40,7 @@ __all__ = [
     "checks",
     "data",
     "device",
+    "distributed",
     "evaluate",
     "fit",
     "get_device",

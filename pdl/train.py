@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric, MetricCollection
 from tqdm.auto import tqdm
 
+from pdl import distributed  # distributed: several processes under torchrun (pdl/distributed.py)
 from pdl.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pdl.device import PrecisionPolicy, get_device, precision_policy, to_device
 from pdl.plot import LivePlot, plot_history
@@ -213,6 +214,8 @@ def train_one_epoch(
     if step % accumulate_steps != 0:
         # The last batches did not fill a group of accumulate_steps: step with what they added.
         skipped += _optimizer_step(model, optimizer, scaler, grad_clip, step_scheduler)
+    total_loss, total_samples = distributed.sum_over_ranks(total_loss, total_samples)  # distributed: over all ranks
+    distributed.broadcast_buffers(model)  # distributed: every rank evaluates rank 0's BatchNorm statistics
     results = {"loss": total_loss / max(total_samples, 1)}
     if metrics is not None:
         results.update(_compute(metrics))
@@ -262,6 +265,8 @@ def evaluate(
 
     Returns the mean loss (when ``loss_fn`` is given) and the computed ``metrics``.
     Eval mode matters: dropout is switched off and batch norm uses its running statistics.
+    Under torchrun each rank evaluates its share of ``loader`` and every rank returns the
+    results over all of it (call it on every rank).
 
     Example:
         >>> model = nn.Linear(3, 2)
@@ -271,6 +276,7 @@ def evaluate(
     """
     device = _resolve_device(model, device)
     policy = policy or precision_policy(device, "fp32")
+    loader = distributed.shard_for_evaluation(loader)  # distributed: each rank evaluates its share
     model.eval()
     if metrics is not None:
         metrics.reset()
@@ -288,6 +294,7 @@ def evaluate(
                 metrics.update(outputs.float(), targets)
             bar.update()
         bar.close()
+    total_loss, total_samples = distributed.sum_over_ranks(total_loss, total_samples)  # distributed: over all ranks
     results = {}
     if loss_fn is not None:
         results["loss"] = total_loss / max(total_samples, 1)
@@ -314,6 +321,8 @@ def predict(
 
     Batches may be ``(inputs, targets)`` or just inputs. The outputs are raw scores
     (logits): take ``.argmax(1)`` for class predictions, ``.softmax(1)`` for probabilities.
+    Under torchrun each rank predicts its share and every rank returns all outputs, in the
+    order of the dataset (call it on every rank).
 
     Example:
         >>> out, targets = predict(nn.Linear(3, 2), torch.randn(5, 3), device="cpu")
@@ -321,6 +330,7 @@ def predict(
         (torch.Size([5, 2]), None)
     """
     device = _resolve_device(model, device)
+    data = distributed.shard_for_evaluation(data)  # distributed: each rank predicts its share
     if isinstance(data, torch.Tensor):
         data = data.split(batch_size)
     model.eval()
@@ -337,7 +347,9 @@ def predict(
             outputs.append(model(to_device(inputs, device)).float().cpu())
     if not outputs:
         raise ValueError("predict got no data: the loader or tensor is empty")
-    return Predictions(torch.cat(outputs), torch.cat(targets) if targets else None)
+    outputs, targets = torch.cat(outputs), (torch.cat(targets) if targets else None)
+    # distributed: every rank gets all outputs and targets, in the order of the data
+    return Predictions(distributed.gather_shards(outputs), distributed.gather_shards(targets))
 
 
 # --------------------------------------------------------------------------------------
@@ -391,6 +403,10 @@ def fit(
     - ``progress``: a progress bar per epoch and one summary line per epoch.
     - ``live_plot``: in a notebook, redraw the loss curves after every epoch.
 
+    Under ``torchrun --nproc-per-node N`` the same call trains with DistributedDataParallel
+    (``pdl.distributed``): each rank trains on its share of every batch, the history is the
+    same on every rank, only rank 0 prints and writes files, and ``model`` ends up trained.
+
     Ctrl-C (KeyboardInterrupt) stops training cleanly: the model keeps what it learned, the
     history of the finished epochs is returned (``history.interrupted`` is True) and the
     checkpoints on disk stay intact. A NaN/inf loss raises ``NonFiniteLossError``.
@@ -406,13 +422,16 @@ def fit(
     """
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', not {scheduler_interval!r}")
-    device = get_device(device)
+    # distributed: under torchrun, join the process group; each rank gets its own GPU
+    device, created_group = distributed.setup(get_device(device))
     model.to(device)
     policy = precision_policy(device, precision)
     scaler = policy.make_scaler()
     train_metrics, val_metrics = _metric_copies(metrics, device)
     monitor = monitor or ("val_loss" if val_loader is not None else "train_loss")
     maximize = "loss" not in monitor
+    if not distributed.is_main_process():  # distributed: only rank 0 prints, logs and writes checkpoints
+        progress, live_plot, log_dir, checkpoint_dir = False, False, None, None
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     generator = _loader_generator(train_loader)
 
@@ -442,6 +461,10 @@ def fit(
         if progress:
             print(f"Resumed from {resume} after epoch {state['epoch']}.")
 
+    # distributed: DDP averages the gradients over the ranks; each rank trains on its share
+    trained_model = distributed.wrap_model(model, device)  # `model` itself in one process
+    train_loader = distributed.shard_for_training(train_loader)
+    val_loader = distributed.shard_for_evaluation(val_loader) if val_loader is not None else None
     writer = _tensorboard_writer(log_dir)
     live = LivePlot() if live_plot else None
     epoch = start_epoch - 1
@@ -449,8 +472,9 @@ def fit(
         for epoch in range(start_epoch, epochs + 1):
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
+            distributed.set_epoch(train_loader, epoch)  # distributed: a new shuffle, the same on every rank
             train = train_one_epoch(
-                model, train_loader, loss_fn, optimizer,
+                trained_model, train_loader, loss_fn, optimizer,
                 device=device, policy=policy, scaler=scaler, metrics=train_metrics,
                 step_scheduler=scheduler if scheduler_interval == "step" else None,
                 grad_clip=grad_clip, accumulate_steps=accumulate_steps,
@@ -463,7 +487,7 @@ def fit(
                 val = evaluate(model, val_loader, loss_fn, device=device, metrics=val_metrics, policy=policy)
                 row.update({f"val_{k}": v for k, v in val.items()})
             row["lr"] = lr
-            row["seconds"] = time.perf_counter() - started
+            row["seconds"] = distributed.max_over_ranks(time.perf_counter() - started)  # distributed: the slowest rank
             history.rows.append(row)
 
             if monitor not in row:
@@ -508,13 +532,18 @@ def fit(
                 if progress:
                     print(f"Early stopping: {monitor} has not improved for {patience} epochs (best {best:.4g}).")
                 break
+        distributed.barrier()  # distributed: return once rank 0 has written its checkpoints
     except KeyboardInterrupt:
         history.interrupted = True
+        distributed.leave(created_group)  # distributed: the ranks are out of step: let the others stop
         print(
             f"Interrupted during epoch {epoch}: returning the history of {len(history)} finished "
             "epochs. The model keeps its current weights"
             + (f"; checkpoints in {checkpoint_dir} are intact." if checkpoint_dir else ".")
         )
+    except BaseException:
+        distributed.leave(created_group)  # distributed: an error here must not leave the other ranks waiting
+        raise
     finally:
         if writer is not None:
             writer.close()
