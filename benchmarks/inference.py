@@ -58,8 +58,12 @@ def main() -> None:
     args = parser.parse_args()
     threads = args.threads
     torch.set_num_threads(threads)
+    load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {threads} threads, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine: timings are pessimistic)")
+          f"load average {load:.1f} on {os.cpu_count()} cores")
+    if load > (os.cpu_count() or 1):
+        print("the machine is busy: other programs share the cores, so the timings are pessimistic and noisy "
+              "(above all at batch 1 with several threads)")
 
     x_train, y_train = pdl.data.fashion_mnist_tensors("train", limit=args.train_limit)
     x_test, y_test = pdl.data.fashion_mnist_tensors("test")
@@ -203,7 +207,8 @@ def report(median, batch, accuracies, compile_seconds, files) -> None:
     for name, m in median.items():
         print(f"{name:38} {1e3 * m['latency']:11.3f} {reference['latency'] / m['latency']:8.2f}x "
               f"{batch / m['throughput']:18,.0f} {reference['throughput'] / m['throughput']:8.2f}x")
-    print(f"(speed-up: relative to '{REFERENCE}', eager float32; > 1 is faster)")
+    print(f"(speed-up: relative to '{REFERENCE}', eager float32; > 1 is faster; the median of the rounds; "
+          f"load average {os.getloadavg()[0]:.1f} after timing)")
     if compile_seconds:
         print("torch.compile's first call (compilation): " + ", ".join(
             f"{seconds:.1f} s at batch {1 if kind == 'latency' else batch}" for kind, seconds in compile_seconds.items()))
