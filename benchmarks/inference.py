@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = args.threads
     torch.set_num_threads(threads)
-    load = os.getloadavg()[0]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # not on Windows
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {threads} threads, "
           f"load average {load:.1f} on {os.cpu_count()} cores")
     if load > (os.cpu_count() or 1):
@@ -208,7 +208,7 @@ def report(median, batch, accuracies, compile_seconds, files) -> None:
         print(f"{name:38} {1e3 * m['latency']:11.3f} {reference['latency'] / m['latency']:8.2f}x "
               f"{batch / m['throughput']:18,.0f} {reference['throughput'] / m['throughput']:8.2f}x")
     print(f"(speed-up: relative to '{REFERENCE}', eager float32; > 1 is faster; the median of the rounds; "
-          f"load average {os.getloadavg()[0]:.1f} after timing)")
+          f"load average {os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0:.1f} after timing)")
     if compile_seconds:
         print("torch.compile's first call (compilation): " + ", ".join(
             f"{seconds:.1f} s at batch {1 if kind == 'latency' else batch}" for kind, seconds in compile_seconds.items()))
