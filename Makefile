@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv data notebooks notebooks-fast slides site student repository test lint benchmarks clean
+.PHONY: all venv data notebooks notebooks-fast slides site student repository test lint benchmarks app clean
 
 all: notebooks slides site
 
@@ -72,6 +72,12 @@ lint: venv
 benchmarks: venv data
 	$(PY) benchmarks/fit_overhead.py
 	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/inference.py
+
+# Lecture 08's demo app on http://127.0.0.1:8000, serving the model notebook 08 exported;
+# without one it first trains and exports a small one (a short Fashion-MNIST run) and says so.
+app: venv data
+	$(PY) -m pdl serve --model notebooks/runs/08_model_to_application/app --train-if-missing
 
 clean:
 	rm -rf build

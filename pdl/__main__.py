@@ -1,11 +1,11 @@
-"""Command line: ``python -m pdl doctor``, ``python -m pdl data`` and ``python -m pdl grade``."""
+"""Command line: ``python -m pdl doctor``, ``data``, ``grade`` (instructors) and ``serve`` (lecture 08)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pdl import grading
+from pdl import grading, serve  # each subcommand's options live with it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,8 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     fetch = commands.add_parser("data", help="fetch and verify every dataset the course needs")
     fetch.add_argument("names", nargs="*", help="only these datasets (default: all)")
     grading.add_arguments(commands.add_parser("grade", help="run students' notebooks and grade each exercise"))
+    serve.add_arguments(commands.add_parser("serve", help="start the demo web app on an exported model (lecture 08)"))
     args = parser.parse_args(argv)
-
+    if args.command == "serve":
+        return serve.main(args)
     if args.command == "grade":
         return grading.run(args)
 

@@ -40,6 +40,7 @@ LECTURES = [
     "05_cnn",
     "06_batchnorm",
     "07_finetuning_resnet",
+    "08_model_to_application",
 ]
 DECKS = {path.stem: parse_deck(path) for path in deck_paths()}
 TOPICS = yaml.safe_load((SLIDES / "topics.yaml").read_text(encoding="utf-8"))

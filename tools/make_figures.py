@@ -1089,6 +1089,245 @@ def fig_07_first_layer_filters() -> plt.Figure:
 
 
 # --------------------------------------------------------------------------------------
+# 08 From model to application
+# --------------------------------------------------------------------------------------
+
+
+def _box(ax: plt.Axes, x: float, y: float, text: str, color: str, width: float = 2.1, height: float = 0.9) -> None:
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.06",
+                                facecolor=color, edgecolor="#333"))
+    ax.text(x, y, text, ha="center", va="center", fontsize=11)
+
+
+def _arrow(ax: plt.Axes, start: tuple[float, float], end: tuple[float, float], **style) -> None:
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color=style.pop("color", "#333"),
+                                 **style))
+
+
+@figure
+def fig_08_pipeline() -> plt.Figure:
+    steps = ["problem\nformulation", "data\nacquisition", "compare\nopen models", "architecture,\ntuning,\nfine-tuning",
+             "evaluation on\nreal test data", "serve:\nexport, speed,\napplication"]
+    colors = ["#c6dbef", "#c6dbef", "#9ecae1", "#9ecae1", "#6baed6", "#fdd0a2"]
+    fig, ax = plt.subplots(figsize=(11, 2.9))
+    for i, (text, color) in enumerate(zip(steps, colors, strict=True)):
+        _box(ax, 1.3 + 2.5 * i, 1.0, text, color, height=1.2)
+        if i:
+            _arrow(ax, (2.45 + 2.5 * (i - 1), 1.0), (0.15 + 2.5 * i, 1.0))
+    for start, end, label in [(4, 2, "not good enough: other data or model"), (5, 0, "users' feedback: a new problem")]:
+        x0, x1 = 1.3 + 2.5 * start, 1.3 + 2.5 * end
+        ax.add_patch(FancyArrowPatch((x0, 1.65), (x1, 1.65), connectionstyle=f"arc3,rad={0.18 if start == 4 else 0.12}",
+                                     arrowstyle="-|>", mutation_scale=14, color="#d62728", lw=1.5))
+        ax.text((x0 + x1) / 2, 2.35 if start == 4 else 2.72, label, ha="center", color="#d62728", fontsize=10)
+    ax.set(xlim=(-0.1, 15.2), ylim=(0.2, 3.0))
+    ax.axis("off")
+    ax.set_title("The pipeline of a deep-learning project, and its loops back")
+    fig.tight_layout()
+    return fig
+
+
+@figure
+def fig_08_model_zoo() -> plt.Figure:
+    """Published ImageNet accuracy vs compute, from torchvision's weights metadata (no download)."""
+    from torchvision.models import get_model_weights
+
+    names = ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b3", "resnet18", "resnet50",
+             "convnext_tiny", "convnext_base", "vit_b_16"]
+    fig, ax = plt.subplots(figsize=(8.5, 4.6))
+    for name in names:
+        meta = get_model_weights(name).DEFAULT.meta
+        accuracy, gflops, params = meta["_metrics"]["ImageNet-1K"]["acc@1"], meta["_ops"], meta["num_params"] / 1e6
+        ax.scatter(gflops, accuracy, s=8 * params + 10, alpha=0.55)
+        ax.annotate(f"{name} ({params:.0f} M)", (gflops, accuracy), textcoords="offset points", xytext=(6, -4), fontsize=9)
+    ax.set(xscale="log", xlabel="GFLOPs per 224 px image (log scale)", ylabel="ImageNet top-1 accuracy (%)",
+           xlim=(0.03, 60))
+    ax.set_title("torchvision's published metadata (marker size: parameters)")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def _seconds_per_call(run: Callable[[], object], min_run_time: float = 0.3) -> float:
+    """Warm-up calls, then ``torch.utils.benchmark``: the median time of one call."""
+    from torch.utils.benchmark import Timer
+
+    for _ in range(3):
+        run()
+    timer = Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+@figure
+def fig_08_batch_size() -> plt.Figure:
+    model = pdl.models.ExamplesCNN().eval()  # random weights: the speed does not depend on them
+    sizes = [1, 4, 16, 64, 256]
+    seconds = {}
+    for size in sizes:
+        x = torch.randn(size, 1, 28, 28)
+
+        def run(x=x):
+            with torch.inference_mode():
+                model(x)
+
+        seconds[size] = _seconds_per_call(run)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(sizes, [1e3 * seconds[s] for s in sizes], marker="o")
+    left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per batch", title="latency of one batch")
+    right.plot(sizes, [s / seconds[s] for s in sizes], marker="o", color="tab:green")
+    right.set(xscale="log", xlabel="batch size", ylabel="images per second", title="throughput")
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"Lecture 05's CNN, eager, measured when the figures were built ({torch.get_num_threads()} thread(s))")
+    fig.tight_layout()
+    return fig
+
+
+@figure
+def fig_08_speedups() -> plt.Figure:
+    import copy
+    import tempfile
+
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = pdl.models.ExamplesCNN().eval()  # random weights: the speed does not depend on them
+    folder = Path(tempfile.mkdtemp(prefix="pdl-figure-"))
+    torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), folder / "cnn.onnx", input_names=["images"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+    quantize_dynamic(str(folder / "cnn.onnx"), str(folder / "linear.onnx"), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gemm"])
+    quantize_dynamic(str(folder / "cnn.onnx"), str(folder / "all.onnx"), weight_type=QuantType.QInt8)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def torch_path(net, context, memory_format=torch.contiguous_format):
+        def make(x):
+            x = x.contiguous(memory_format=memory_format)
+
+            def run():
+                with context():
+                    net(x)
+
+            return run
+
+        return make
+
+    paths = {"eager, eval + no_grad\n(the reference)": torch_path(model, torch.no_grad),
+             "eager, inference_mode": torch_path(model, torch.inference_mode),
+             "eager, channels_last": torch_path(last, torch.inference_mode, torch.channels_last)}
+    for label, file in [("ONNX Runtime float32", "cnn"), ("ONNX Runtime int8,\nlinear layers", "linear"),
+                        ("ONNX Runtime int8,\nall layers", "all")]:
+        session = onnxruntime.InferenceSession(str(folder / f"{file}.onnx"), options, providers=["CPUExecutionProvider"])
+        paths[label] = lambda x, s=session: (lambda: s.run(None, {"images": x.numpy()}))
+    batches = {"batch 1 (latency)": torch.randn(1, 1, 28, 28), "batch 256 (throughput)": torch.randn(256, 1, 28, 28)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9), sharey=True)
+    for ax, (title, x) in zip(axes, batches.items(), strict=True):
+        seconds = {name: _seconds_per_call(make(x)) for name, make in paths.items()}
+        reference = next(iter(seconds.values()))
+        ratios = [reference / s for s in seconds.values()]
+        ax.barh(list(seconds), ratios, color=["tab:green" if r > 1.05 else "tab:red" if r < 0.95 else "#999" for r in ratios])
+        for i, r in enumerate(ratios):
+            ax.text(r, i, f" {r:.2f}x", va="center", fontsize=10)
+        ax.axvline(1, color="black", lw=1)
+        ax.set(xscale="log", xlabel="speed-up vs eager float32 (log scale)", title=title)
+        ax.set_xlim(right=max(ratios) * 3)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"Lecture 05's CNN on this CPU, {torch.get_num_threads()} thread(s), measured when the figures were built")
+    fig.tight_layout()
+    return fig
+
+
+@figure
+def fig_08_parallelism() -> plt.Figure:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, title in [(left, "data parallel: split the batch"), (right, "model parallel: split the layers")]:
+        ax.set(xlim=(0, 10), ylim=(0, 6), title=title)
+        ax.axis("off")
+    for i, y in enumerate((4.2, 1.5)):
+        _box(left, 2.0, y, f"batch half {i + 1}", "#fdd0a2", width=2.4)
+        _box(left, 6.0, y, f"device {i + 1}:\nthe whole model", "#9ecae1", width=3.0, height=1.3)
+        _arrow(left, (3.25, y), (4.45, y))
+    left.add_patch(FancyArrowPatch((7.6, 4.0), (7.6, 1.7), arrowstyle="<|-|>", mutation_scale=14, color="#d62728", lw=2))
+    left.text(7.85, 2.85, "gradients\n(all-reduce,\nevery step)", color="#d62728", fontsize=11, va="center")
+    _box(right, 1.4, 3.0, "the batch", "#fdd0a2", width=1.9)
+    _box(right, 4.3, 3.0, "device 1:\nlayers 1-k", "#9ecae1", width=2.3, height=1.3)
+    _box(right, 8.0, 3.0, "device 2:\nlayers k+1-n", "#9ecae1", width=2.3, height=1.3)
+    _arrow(right, (2.4, 3.0), (3.1, 3.0))
+    right.add_patch(FancyArrowPatch((5.5, 3.25), (6.8, 3.25), arrowstyle="-|>", mutation_scale=14, color="#d62728", lw=2))
+    right.add_patch(FancyArrowPatch((6.8, 2.75), (5.5, 2.75), arrowstyle="-|>", mutation_scale=14, color="#d62728", lw=2))
+    right.text(6.15, 4.3, "activations\n(forward)", ha="center", color="#d62728", fontsize=11)
+    right.text(6.15, 1.3, "their gradients\n(backward)", ha="center", color="#d62728", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+@figure
+def fig_08_pipeline_bubble() -> plt.Figure:
+    stages, work = 2, 4.0  # the batch takes 4 time units on each device
+    fig, axes = plt.subplots(2, 1, figsize=(10, 3.6), sharex=True)
+    for ax, micro in zip(axes, (1, 4), strict=True):
+        width = work / micro
+        total = width * (micro + stages - 1)
+        for stage in range(stages):
+            for m in range(micro):
+                ax.barh(stage, width, left=(stage + m) * width, color=plt.cm.tab10(m), edgecolor="white")
+                ax.text((stage + m + 0.5) * width, stage, f"{m + 1}" if micro > 1 else "the batch", ha="center",
+                        va="center", color="white")
+        idle = 1 - work / total
+        ax.set(yticks=range(stages), yticklabels=[f"device {s + 1}" for s in range(stages)], xlim=(0, 2 * work + 0.2))
+        ax.invert_yaxis()
+        ax.set_title(f"{micro} micro-batch{'es' if micro > 1 else ''}: done after {total:g} time units, each device "
+                     f"idle {idle:.0%} of them (the bubble)", fontsize=12)
+    axes[1].set_xlabel("time (forward pass; the backward pass adds a mirrored schedule)")
+    fig.tight_layout()
+    return fig
+
+
+@figure
+def fig_08_app() -> plt.Figure:
+    """A screenshot of the demo app (pdl.serve) in headless Chromium, with a model trained just now."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from pdl import serve
+
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")  # as tools/build_slides.py
+    browser = os.environ.get("CHROME_PATH") or next((shutil.which(n) for n in names if shutil.which(n)), None)
+    if browser is None:
+        raise RuntimeError("the app screenshot (figure 08_app) needs a Chromium-family browser: apt-get install "
+                           "chromium, or set CHROME_PATH")
+    work = Path(tempfile.mkdtemp(prefix="pdl-app-figure-"))
+    started = time.perf_counter()
+    info = serve.train_and_export(work / "model", train_images=6000, channels=(16, 32), hidden=64, progress=False)
+    seconds = time.perf_counter() - started
+    classifier = serve.Classifier(work / "model")
+    answers = {name: classifier.predict((work / "model" / serve.EXAMPLES_DIR / name).read_bytes()) for name in info["examples"]}
+    right = [n for n, a in answers.items() if a["label"] == info["classes"][int(n[:2])]]
+    example = max(right or answers, key=lambda n: answers[n]["probability"])
+    with serve.running_app(work / "model") as url:
+        command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                   "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                   f"--user-data-dir={work / 'profile'}", "--hide-scrollbars", "--window-size=1000,520",
+                   "--virtual-time-budget=10000", f"--screenshot={work / 'app.png'}", f"{url}/?example={example}"]
+        try:
+            subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(f"{browser} did not take the screenshot within 60 s") from error
+        except subprocess.CalledProcessError as error:
+            raise RuntimeError(f"{browser} failed to take the screenshot:\n{error.stderr[-2000:]}") from error
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    ax.imshow(plt.imread(work / "app.png"))
+    ax.axis("off")
+    ax.set_title(f"python -m pdl serve, in Chromium; the model was trained for {seconds:.0f} s on 6,000 images "
+                 "when this figure was drawn", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------
 # The command line
 # --------------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ prints a short success line or what is wrong, and returns True/False:
 - ``pdl.checks.cnn``, ``pdl.checks.datasets``, ``pdl.checks.dropout``: lecture 05
 - ``pdl.checks.batchnorm``: lecture 06
 - ``pdl.checks.transfer``: lecture 07
+- ``pdl.checks.deployment``: lecture 08
+- ``pdl.checks.deployment``: lecture 08
 
 Every check is also available directly as ``pdl.checks.check_...``.
 """
@@ -23,6 +25,7 @@ from pdl.checks import (
     batchnorm,
     cnn,
     datasets,
+    deployment,
     dropout,
     modules,
     numpy_by_hand,
@@ -44,6 +47,7 @@ from pdl.checks.core import (
     tally,
 )
 from pdl.checks.datasets import *  # noqa: F403
+from pdl.checks.deployment import *  # noqa: F403
 from pdl.checks.dropout import *  # noqa: F403
 from pdl.checks.modules import *  # noqa: F403
 from pdl.checks.numpy_by_hand import *  # noqa: F403
@@ -62,6 +66,9 @@ __all__ = [
     "tally",
 ] + [
     name
-    for module in (numpy_by_hand, tensors, autograd, modules, training_tricks, cnn, datasets, dropout, batchnorm, transfer)
+    for module in (
+        numpy_by_hand, tensors, autograd, modules, training_tricks, cnn, datasets, dropout, batchnorm, transfer,
+        deployment,
+    )
     for name in module.__all__
 ]
