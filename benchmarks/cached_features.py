@@ -39,7 +39,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="use only the first N training images"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
 
@@ -49,7 +51,9 @@ def main() -> None:
     if args.limit is not None:
         images = torch.utils.data.Subset(images, range(min(args.limit, len(images))))
     model = build_backbone(args.backbone, args.weights, num_classes=2)
-    extractor = feature_extractor(model).to(memory_format=torch.channels_last)  # as cached_features runs it
+    extractor = feature_extractor(model).to(
+        memory_format=torch.channels_last
+    )  # as cached_features runs it
     print(
         f"{args.backbone}, {len(images)} images at {args.image_size} px, batch {args.batch_size}, "
         f"{args.epochs} epochs, device {device}, {torch.get_num_threads()} threads"
@@ -57,7 +61,9 @@ def main() -> None:
 
     # 1. Through the frozen backbone: the extractor stays in eval mode inside the Sequential.
     with torch.inference_mode():
-        dim = extractor(images[0][0].unsqueeze(0).contiguous(memory_format=torch.channels_last)).shape[1]
+        dim = extractor(
+            images[0][0].unsqueeze(0).contiguous(memory_format=torch.channels_last)
+        ).shape[1]
     torch.manual_seed(0)
     head = nn.Linear(dim, 2)
     # Shuffled as pdl.data.tensor_loader shuffles the features below: the same generator seed
@@ -85,10 +91,20 @@ def main() -> None:
 
     slow_epoch, fast_epoch = statistics.median(slow["seconds"]), statistics.median(fast["seconds"])
     slow_total, fast_total = sum(slow["seconds"]), extract_seconds + sum(fast["seconds"])
-    print("through the frozen backbone, seconds per epoch: " + ", ".join(f"{s:.3f}" for s in slow["seconds"]))
-    print("cached features, seconds per epoch:             " + ", ".join(f"{s:.4f}" for s in fast["seconds"]))
-    print(f"feature extraction, once: {extract_seconds:.2f} s ({len(images) / extract_seconds:.1f} images/s)")
-    print(f"speedup per epoch (median): {slow_epoch / fast_epoch:,.0f}x  ({slow_epoch:.3f} s vs {fast_epoch:.4f} s)")
+    print(
+        "through the frozen backbone, seconds per epoch: "
+        + ", ".join(f"{s:.3f}" for s in slow["seconds"])
+    )
+    print(
+        "cached features, seconds per epoch:             "
+        + ", ".join(f"{s:.4f}" for s in fast["seconds"])
+    )
+    print(
+        f"feature extraction, once: {extract_seconds:.2f} s ({len(images) / extract_seconds:.1f} images/s)"
+    )
+    print(
+        f"speedup per epoch (median): {slow_epoch / fast_epoch:,.0f}x  ({slow_epoch:.3f} s vs {fast_epoch:.4f} s)"
+    )
     print(
         f"whole run of {args.epochs} epochs, extraction included: {slow_total:.1f} s vs {fast_total:.1f} s, "
         f"{slow_total / fast_total:.2f}x; caching pays off from "
@@ -97,14 +113,23 @@ def main() -> None:
     difference = (cached_head.weight.detach().cpu() - head.weight.detach().cpu()).abs().max().item()
     print(f"same head both ways: max |difference| of the trained weights {difference:.2e}")
     if difference > 1e-3:
-        raise SystemExit("the two ways trained different heads: the comparison is not like for like")
+        raise SystemExit(
+            "the two ways trained different heads: the comparison is not like for like"
+        )
 
 
 def train_head(model: nn.Module, head: nn.Linear, loader, args, device) -> pdl.History:
     """The same pdl.fit call for both ways; only ``head`` is given to the optimizer."""
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=1e-4)
-    return pdl.fit(model, loader, loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=args.epochs,
-                   device=device, progress=False)
+    return pdl.fit(
+        model,
+        loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        epochs=args.epochs,
+        device=device,
+        progress=False,
+    )
 
 
 if __name__ == "__main__":

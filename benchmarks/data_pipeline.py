@@ -48,25 +48,40 @@ def train_epoch(loader) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers for the per-sample pipeline")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers for the per-sample pipeline"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
     x, y = fashion_mnist_tensors("train")
     in_memory = tensor_loader(x, y, batch_size=64, shuffle=True)
-    transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                            v2.Normalize([FASHION_MNIST_MEAN], [FASHION_MNIST_STD])])
-    per_sample = make_loader(fashion_mnist_dataset("train", transform=transform), batch_size=64,
-                             shuffle=True, num_workers=args.workers)
-    print(f"Fashion-MNIST train (60,000 images), batch 64, {torch.get_num_threads()} threads, "
-          f"per-sample pipeline with {per_sample.num_workers} worker(s), {args.repeats} repeats")
+    transform = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([FASHION_MNIST_MEAN], [FASHION_MNIST_STD]),
+        ]
+    )
+    per_sample = make_loader(
+        fashion_mnist_dataset("train", transform=transform),
+        batch_size=64,
+        shuffle=True,
+        num_workers=args.workers,
+    )
+    print(
+        f"Fashion-MNIST train (60,000 images), batch 64, {torch.get_num_threads()} threads, "
+        f"per-sample pipeline with {per_sample.num_workers} worker(s), {args.repeats} repeats"
+    )
 
     for name, measure in (("read one epoch", read_epoch), ("train one epoch (MLP)", train_epoch)):
         fast = [measure(in_memory) for _ in range(args.repeats)]
         slow = [measure(per_sample) for _ in range(args.repeats)]
         fast_s, slow_s = statistics.median(fast), statistics.median(slow)
-        print(f"{name:<22} in-memory {fast_s:6.2f}s   per-sample {slow_s:6.2f}s   "
-              f"per-sample / in-memory = {slow_s / fast_s:.1f}x")
+        print(
+            f"{name:<22} in-memory {fast_s:6.2f}s   per-sample {slow_s:6.2f}s   "
+            f"per-sample / in-memory = {slow_s / fast_s:.1f}x"
+        )
 
 
 if __name__ == "__main__":

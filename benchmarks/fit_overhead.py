@@ -55,8 +55,16 @@ def with_fit(train_loader, val_loader, epochs: int) -> tuple[float, float]:
     model = make_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     started = time.perf_counter()
-    history = pdl.fit(model, train_loader, val_loader, loss_fn=nn.CrossEntropyLoss(),
-                      optimizer=optimizer, epochs=epochs, device="cpu", progress=False)
+    history = pdl.fit(
+        model,
+        train_loader,
+        val_loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        epochs=epochs,
+        device="cpu",
+        progress=False,
+    )
     return time.perf_counter() - started, history["val_loss"][-1]
 
 
@@ -70,8 +78,10 @@ def main() -> None:
     x_val, y_val = fashion_mnist_tensors("test", flatten=True)
     train_loader = tensor_loader(x_train, y_train, batch_size=64, shuffle=True)
     val_loader = tensor_loader(x_val, y_val, batch_size=1000)
-    print(f"Fashion-MNIST MLP 784-256-10, Adam, batch 64, {args.epochs} epochs, "
-          f"{torch.get_num_threads()} threads, {args.repeats} repeats (alternating)")
+    print(
+        f"Fashion-MNIST MLP 784-256-10, Adam, batch 64, {args.epochs} epochs, "
+        f"{torch.get_num_threads()} threads, {args.repeats} repeats (alternating)"
+    )
 
     hand_written(train_loader, val_loader, 1)  # warm-up: first-touch allocations, lazy init
     fit_times, hand_times, ratios = [], [], []
@@ -81,15 +91,19 @@ def main() -> None:
         hand_times.append(hand_seconds)
         fit_times.append(fit_seconds)
         ratios.append(fit_seconds / hand_seconds)
-        print(f"repeat {repeat + 1}: hand {hand_seconds:.2f}s  fit {fit_seconds:.2f}s  "
-              f"ratio {ratios[-1]:.3f}  val loss hand {hand_loss:.6f} fit {fit_loss:.6f}")
+        print(
+            f"repeat {repeat + 1}: hand {hand_seconds:.2f}s  fit {fit_seconds:.2f}s  "
+            f"ratio {ratios[-1]:.3f}  val loss hand {hand_loss:.6f} fit {fit_loss:.6f}"
+        )
         if abs(hand_loss - fit_loss) > 1e-5:
             raise SystemExit(f"the two loops disagree: val loss {hand_loss} vs {fit_loss}")
     # The median of the paired ratios resists a slow outlier on either side; the ratio of the
     # best times compares each loop at its least disturbed.
-    print(f"median ratio fit/hand {statistics.median(ratios):.3f}, best times hand {min(hand_times):.2f}s "
-          f"fit {min(fit_times):.2f}s (ratio {min(fit_times) / min(hand_times):.3f}); goal <= 1.03; "
-          "same final loss: yes")
+    print(
+        f"median ratio fit/hand {statistics.median(ratios):.3f}, best times hand {min(hand_times):.2f}s "
+        f"fit {min(fit_times):.2f}s (ratio {min(fit_times) / min(hand_times):.3f}); goal <= 1.03; "
+        "same final loss: yes"
+    )
 
 
 if __name__ == "__main__":

@@ -48,13 +48,17 @@ def batches(args, *, pinned: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(0)
     data = []
     for _ in range(args.batches):
-        images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator)
+        images = torch.randn(
+            args.batch_size, 3, args.image_size, args.image_size, generator=generator
+        )
         labels = torch.randint(0, 10, (args.batch_size,), generator=generator)
         data.append((images.pin_memory(), labels.pin_memory()) if pinned else (images, labels))
     return data
 
 
-def images_per_second(args, *, precision="fp32", channels_last=False, pinned=False, compile_model=False):
+def images_per_second(
+    args, *, precision="fp32", channels_last=False, pinned=False, compile_model=False
+):
     """Median images/s over the epochs after the first (the first warms up cuDNN, or compiles)."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)
@@ -75,11 +79,15 @@ def images_per_second(args, *, precision="fp32", channels_last=False, pinned=Fal
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3, help="measured epochs (one warm-up epoch more)")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="measured epochs (one warm-up epoch more)"
+    )
     parser.add_argument("--batches", type=int, default=20, help="batches per epoch")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=160)
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile comparison"
+    )
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
@@ -90,8 +98,10 @@ def main() -> int:
     properties = torch.cuda.get_device_properties(0)
     print(f"{properties.name}, compute capability {properties.major}.{properties.minor}, "
           f"torch {torch.__version__}; precision 'auto' here: {pdl.precision_policy('cuda')}")  # fmt: skip
-    print(f"ResNet-18, {args.batch_size} x 3 x {args.image_size} x {args.image_size} random images, "
-          f"{args.batches} batches per epoch, median of {args.epochs} epochs after a warm-up epoch\n")
+    print(
+        f"ResNet-18, {args.batch_size} x 3 x {args.image_size} x {args.image_size} random images, "
+        f"{args.batches} batches per epoch, median of {args.epochs} epochs after a warm-up epoch\n"
+    )
 
     baseline, _ = images_per_second(args)
     print(f"{'baseline: fp32, default layout, pageable memory, eager':58} {baseline:9.0f} images/s")
@@ -104,7 +114,9 @@ def main() -> int:
         variants["torch.compile"] = {"compile_model": True}
     for name, options in variants.items():
         speed, first_epoch = images_per_second(args, **options)
-        note = f"  (first epoch {first_epoch:.1f} s: compiling)" if "compile_model" in options else ""
+        note = (
+            f"  (first epoch {first_epoch:.1f} s: compiling)" if "compile_model" in options else ""
+        )
         print(f"{name:58} {speed:9.0f} images/s  {speed / baseline:5.2f}x the baseline{note}")
     return 0
 

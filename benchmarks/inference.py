@@ -48,22 +48,36 @@ REFERENCE = "eager, eval() + no_grad"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N images (default: all)")
+    parser.add_argument(
+        "--train-limit", type=int, default=None, help="train on the first N images (default: all)"
+    )
     parser.add_argument("--batch", type=int, default=256, help="the large batch, for throughput")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
-    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per path, batch and round")
-    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile (slow to compile)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="threads for PyTorch and ONNX Runtime alike (default: %(default)s)")
+    parser.add_argument(
+        "--min-run-time", type=float, default=0.5, help="seconds per path, batch and round"
+    )
+    parser.add_argument(
+        "--no-compile", action="store_true", help="leave out torch.compile (slow to compile)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="threads for PyTorch and ONNX Runtime alike (default: %(default)s)",
+    )
     args = parser.parse_args()
     threads = args.threads
     torch.set_num_threads(threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # not on Windows
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {threads} threads, "
-          f"load average {load:.1f} on {os.cpu_count()} cores")
+    print(
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {threads} threads, "
+        f"load average {load:.1f} on {os.cpu_count()} cores"
+    )
     if load > (os.cpu_count() or 1):
-        print("the machine is busy: other programs share the cores, so the timings are pessimistic and noisy "
-              "(above all at batch 1 with several threads)")
+        print(
+            "the machine is busy: other programs share the cores, so the timings are pessimistic and noisy "
+            "(above all at batch 1 with several threads)"
+        )
 
     x_train, y_train = pdl.data.fashion_mnist_tensors("train", limit=args.train_limit)
     x_test, y_test = pdl.data.fashion_mnist_tensors("test")
@@ -79,16 +93,24 @@ def main() -> None:
     files = export_and_quantize(model, folder)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads  # the same cores as PyTorch
-    sessions = {name: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                for name, path in files.items()}
+    sessions = {
+        name: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for name, path in files.items()
+    }
 
     accuracies = {"PyTorch float32": accuracy(lambda x: predict_torch(model, x), x_test, y_test)}
     for name, session in sessions.items():
-        accuracies[name] = accuracy(lambda x, s=session: s.run(None, {"images": x.numpy()})[0], x_test, y_test)
+        accuracies[name] = accuracy(
+            lambda x, s=session: s.run(None, {"images": x.numpy()})[0], x_test, y_test
+        )
     with torch.inference_mode():
-        onnx_difference = np.abs(sessions["ONNX Runtime float32"].run(None, {"images": x_test[:512].numpy()})[0]
-                                 - model.eval()(x_test[:512]).numpy()).max()
-    print(f"ONNX Runtime vs PyTorch: outputs differ by at most {onnx_difference:.1e} (tolerance 1e-4)")
+        onnx_difference = np.abs(
+            sessions["ONNX Runtime float32"].run(None, {"images": x_test[:512].numpy()})[0]
+            - model.eval()(x_test[:512]).numpy()
+        ).max()
+    print(
+        f"ONNX Runtime vs PyTorch: outputs differ by at most {onnx_difference:.1e} (tolerance 1e-4)"
+    )
 
     paths = inference_paths(model, bn_model, folded, sessions, compile_model=not args.no_compile)
     batches = {"latency": x_test[:1], "throughput": x_test[: args.batch]}
@@ -98,17 +120,31 @@ def main() -> None:
         for name, make in paths.items():
             for kind, x in batches.items():
                 times[name][kind].append(seconds_per_call(make(x), args.min_run_time, threads))
-    median = {name: {kind: statistics.median(values) for kind, values in by_kind.items()} for name, by_kind in times.items()}
+    median = {
+        name: {kind: statistics.median(values) for kind, values in by_kind.items()}
+        for name, by_kind in times.items()
+    }
     report(median, args.batch, accuracies, compile_seconds, files)
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
     started = time.perf_counter()
-    loader = pdl.data.tensor_loader(x, y, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0))
-    pdl.fit(model, loader, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
-            epochs=epochs, device="cpu", progress=False)
-    print(f"trained {type(model).__name__ if not isinstance(model, nn.Sequential) else 'CNN with batch norm'} "
-          f"for {epochs} epoch(s) on {len(x):,} images in {time.perf_counter() - started:.0f} s")
+    loader = pdl.data.tensor_loader(
+        x, y, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    pdl.fit(
+        model,
+        loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+        epochs=epochs,
+        device="cpu",
+        progress=False,
+    )
+    print(
+        f"trained {type(model).__name__ if not isinstance(model, nn.Sequential) else 'CNN with batch norm'} "
+        f"for {epochs} epoch(s) on {len(x):,} images in {time.perf_counter() - started:.0f} s"
+    )
     return model.eval()
 
 
@@ -116,23 +152,54 @@ def cnn_with_batchnorm(channels: tuple[int, int] = (32, 64), hidden: int = 128) 
     """ExamplesCNN with a batch norm after each convolution (the convs then need no bias)."""
     c1, c2 = channels
     return nn.Sequential(
-        nn.Sequential(nn.Conv2d(1, c1, 3, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
-                      nn.Conv2d(c1, c2, 3, bias=False), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25)),
-        nn.Sequential(nn.Flatten(), nn.Linear(c2 * 12 * 12, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, 10)),
+        nn.Sequential(
+            nn.Conv2d(1, c1, 3, bias=False),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, bias=False),
+            nn.BatchNorm2d(c2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.25),
+        ),
+        nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c2 * 12 * 12, hidden),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, 10),
+        ),
     )
 
 
 def export_and_quantize(model: nn.Module, folder: Path) -> dict[str, Path]:
     float_path = folder / "cnn.onnx"
-    torch.onnx.export(model.eval(), (torch.zeros(2, 1, 28, 28),), float_path, input_names=["images"],
-                      output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                      external_data=False, verbose=False)
+    torch.onnx.export(
+        model.eval(),
+        (torch.zeros(2, 1, 28, 28),),
+        float_path,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        external_data=False,
+        verbose=False,
+    )
     prepared = folder / "cnn_prepared.onnx"
-    quant_pre_process(str(float_path), str(prepared))  # shape inference and graph clean-up, as ORT recommends
+    quant_pre_process(
+        str(float_path), str(prepared)
+    )  # shape inference and graph clean-up, as ORT recommends
     files = {"ONNX Runtime float32": float_path}
-    for name, op_types in [("ONNX Runtime int8, all layers", None), ("ONNX Runtime int8, linear layers", ["MatMul", "Gemm"])]:
+    for name, op_types in [
+        ("ONNX Runtime int8, all layers", None),
+        ("ONNX Runtime int8, linear layers", ["MatMul", "Gemm"]),
+    ]:
         files[name] = folder / f"cnn_int8_{'all' if op_types is None else 'linear'}.onnx"
-        quantize_dynamic(str(prepared), str(files[name]), weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
+        quantize_dynamic(
+            str(prepared),
+            str(files[name]),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=op_types,
+        )
     return files
 
 
@@ -146,7 +213,9 @@ def accuracy(run: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, y: torc
     return float((predictions == y.numpy()).mean())
 
 
-def inference_paths(model, bn_model, folded, sessions, *, compile_model: bool) -> dict[str, Callable]:
+def inference_paths(
+    model, bn_model, folded, sessions, *, compile_model: bool
+) -> dict[str, Callable]:
     """name -> make(x): a function that returns a zero-argument call running the path on ``x``."""
 
     def eager(net: nn.Module, context=torch.no_grad, memory_format=torch.contiguous_format):
@@ -167,15 +236,19 @@ def inference_paths(model, bn_model, folded, sessions, *, compile_model: bool) -
         "eager, train mode with autograd": eager(training, context=torch.enable_grad),
         REFERENCE: eager(model),
         "eager, inference_mode": eager(model, torch.inference_mode),
-        "eager, inference_mode, channels_last": eager(last, torch.inference_mode, torch.channels_last),
+        "eager, inference_mode, channels_last": eager(
+            last, torch.inference_mode, torch.channels_last
+        ),
     }
     if compile_model:
         compiled = torch.compile(last)
-        paths["torch.compile, channels_last"] = eager(compiled, torch.inference_mode, torch.channels_last)
+        paths["torch.compile, channels_last"] = eager(
+            compiled, torch.inference_mode, torch.channels_last
+        )
     paths["CNN + batch norm, eager"] = eager(bn_model, torch.inference_mode)
     paths["CNN + batch norm, folded"] = eager(folded, torch.inference_mode)
     for name, session in sessions.items():
-        paths[name] = lambda x, s=session: (lambda: s.run(None, {"images": x.numpy()}))
+        paths[name] = lambda x, s=session: lambda: s.run(None, {"images": x.numpy()})
     return paths
 
 
@@ -203,42 +276,73 @@ def seconds_per_call(run: Callable[[], object], min_run_time: float, threads: in
 
 def report(median, batch, accuracies, compile_seconds, files) -> None:
     reference = median[REFERENCE]
-    print(f"\n{'path':38} {'batch 1: ms':>11} {'speed-up':>9} {f'batch {batch}: img/s':>18} {'speed-up':>9}")
+    print(
+        f"\n{'path':38} {'batch 1: ms':>11} {'speed-up':>9} {f'batch {batch}: img/s':>18} {'speed-up':>9}"
+    )
     for name, m in median.items():
-        print(f"{name:38} {1e3 * m['latency']:11.3f} {reference['latency'] / m['latency']:8.2f}x "
-              f"{batch / m['throughput']:18,.0f} {reference['throughput'] / m['throughput']:8.2f}x")
-    print(f"(speed-up: relative to '{REFERENCE}', eager float32; > 1 is faster; the median of the rounds; "
-          f"load average {os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0:.1f} after timing)")
+        print(
+            f"{name:38} {1e3 * m['latency']:11.3f} {reference['latency'] / m['latency']:8.2f}x "
+            f"{batch / m['throughput']:18,.0f} {reference['throughput'] / m['throughput']:8.2f}x"
+        )
+    print(
+        f"(speed-up: relative to '{REFERENCE}', eager float32; > 1 is faster; the median of the rounds; "
+        f"load average {os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0:.1f} after timing)"
+    )
     if compile_seconds:
-        print("torch.compile's first call (compilation): " + ", ".join(
-            f"{seconds:.1f} s at batch {1 if kind == 'latency' else batch}" for kind, seconds in compile_seconds.items()))
+        print(
+            "torch.compile's first call (compilation): "
+            + ", ".join(
+                f"{seconds:.1f} s at batch {1 if kind == 'latency' else batch}"
+                for kind, seconds in compile_seconds.items()
+            )
+        )
     per_image = reference["latency"] / (reference["throughput"] / batch)
-    print(f"batch size: one image costs {per_image:.1f}x less time in a batch of {batch} than alone "
-          "(throughput), but every image in the batch waits for the whole batch (latency)")
+    print(
+        f"batch size: one image costs {per_image:.1f}x less time in a batch of {batch} than alone "
+        "(throughput), but every image in the batch waits for the whole batch (latency)"
+    )
 
-    print("\ntest accuracy (10,000 images): " + ", ".join(f"{k} {v:.4f}" for k, v in accuracies.items()))
+    print(
+        "\ntest accuracy (10,000 images): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in accuracies.items())
+    )
     base = accuracies["ONNX Runtime float32"]
     for name, path in files.items():
         if "int8" in name:
-            print(f"{name}: accuracy change {100 * (accuracies[name] - base):+.2f} points, file "
-                  f"{path.stat().st_size / 1e6:.2f} MB vs {files['ONNX Runtime float32'].stat().st_size / 1e6:.2f} MB")
+            print(
+                f"{name}: accuracy change {100 * (accuracies[name] - base):+.2f} points, file "
+                f"{path.stat().st_size / 1e6:.2f} MB vs {files['ONNX Runtime float32'].stat().st_size / 1e6:.2f} MB"
+            )
 
     bn, folded = median["CNN + batch norm, eager"], median["CNN + batch norm, folded"]
-    print(f"batch-norm folding: {bn['latency'] / folded['latency']:.2f}x at batch 1, "
-          f"{bn['throughput'] / folded['throughput']:.2f}x at batch {batch} (folded vs unfolded CNN with batch norm)")
+    print(
+        f"batch-norm folding: {bn['latency'] / folded['latency']:.2f}x at batch 1, "
+        f"{bn['throughput'] / folded['throughput']:.2f}x at batch {batch} (folded vs unfolded CNN with batch norm)"
+    )
     # The paths of the same CNN (the batch-norm CNN is another architecture; train mode is no inference).
-    optimized = {name: m for name, m in median.items()
-                 if not name.startswith(("eager, train", "CNN + batch norm")) and name != REFERENCE}
+    optimized = {
+        name: m
+        for name, m in median.items()
+        if not name.startswith(("eager, train", "CNN + batch norm")) and name != REFERENCE
+    }
     best = min(optimized, key=lambda name: optimized[name]["throughput"])
     best_ratio = reference["throughput"] / optimized[best]["throughput"]
-    slower = [f"{name} ({reference[kind] / m[kind]:.2f}x at batch {1 if kind == 'latency' else batch})"
-              for name, m in median.items() for kind in ("latency", "throughput") if m[kind] > reference[kind]]
+    slower = [
+        f"{name} ({reference[kind] / m[kind]:.2f}x at batch {1 if kind == 'latency' else batch})"
+        for name, m in median.items()
+        for kind in ("latency", "throughput")
+        if m[kind] > reference[kind]
+    ]
     print("\nslower than the reference: " + ("; ".join(slower) if slower else "none"))
-    print(f"target: the best path >= 3x the throughput of eager float32 at batch {batch}: {best}, "
-          f"{best_ratio:.2f}x: {'met' if best_ratio >= 3 else 'NOT met'}")
+    print(
+        f"target: the best path >= 3x the throughput of eager float32 at batch {batch}: {best}, "
+        f"{best_ratio:.2f}x: {'met' if best_ratio >= 3 else 'NOT met'}"
+    )
     cost = max(0.0, max((base - accuracies[name]) * 100 for name in files if "int8" in name))
-    print(f"target: int8 costs <= 1 point of test accuracy: it costs at most {cost:.2f} points: "
-          f"{'met' if cost <= 1 else 'NOT met'}")
+    print(
+        f"target: int8 costs <= 1 point of test accuracy: it costs at most {cost:.2f} points: "
+        f"{'met' if cost <= 1 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

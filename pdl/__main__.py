@@ -14,13 +14,21 @@ def main(argv: list[str] | None = None) -> int:
     Example:
         >>> main(["doctor"])  # doctest: +SKIP
     """
-    parser = argparse.ArgumentParser(prog="python -m pdl", description="Helpers for the pdl course.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pdl", description="Helpers for the pdl course."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("doctor", help="print versions, the device and the mixed-precision policy")
     fetch = commands.add_parser("data", help="fetch and verify every dataset the course needs")
     fetch.add_argument("names", nargs="*", help="only these datasets (default: all)")
-    grading.add_arguments(commands.add_parser("grade", help="run students' notebooks and grade each exercise"))
-    serve.add_arguments(commands.add_parser("serve", help="start the demo web app on an exported model (lecture 08)"))
+    grading.add_arguments(
+        commands.add_parser("grade", help="run students' notebooks and grade each exercise")
+    )
+    serve.add_arguments(
+        commands.add_parser(
+            "serve", help="start the demo web app on an exported model (lecture 08)"
+        )
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve.main(args)
@@ -46,18 +54,25 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for name, (path, outcome) in fetch_all(args.names or None).items():
         if path is None and not RESOURCES[name].required and not args.names:
-            print(f"[skipped] {name}: optional, only in the offline mirror ({RESOURCES[name].note})")
+            print(
+                f"[skipped] {name}: optional, only in the offline mirror ({RESOURCES[name].note})"
+            )
         elif path is None:
             failed += 1
             print(f"\n[missing] {name}\n{outcome}\n")
         else:
-            where = {"root": "already in the data root", "mirror": "copied from the mirror",
-                     "download": "downloaded"}[outcome]
+            where = {
+                "root": "already in the data root",
+                "mirror": "copied from the mirror",
+                "download": "downloaded",
+            }[outcome]
             print(f"[ok] {name:<22} {where}, verified: {path}")
             extras = extra_files(RESOURCES[name], data_root())
             if extras:
-                print(f"     {len(extras)} other file(s) there are not part of it and were left alone, "
-                      f"e.g. {extras[0]}")
+                print(
+                    f"     {len(extras)} other file(s) there are not part of it and were left alone, "
+                    f"e.g. {extras[0]}"
+                )
     return 1 if failed else 0
 
 

@@ -27,7 +27,9 @@ from torch import nn
 def _reduce_dims(x: torch.Tensor) -> list[int]:
     """The dimensions batch norm averages over: every one except the channel dimension 1."""
     if x.ndim < 2:
-        raise ValueError(f"batch norm needs a batch of shape (N, C, ...), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"batch norm needs a batch of shape (N, C, ...), got shape {tuple(x.shape)}"
+        )
     return [0, *range(2, x.ndim)]
 
 
@@ -109,7 +111,13 @@ class BatchNorm(nn.Module):
         1
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+    ):
         super().__init__()
         self.num_features = num_features
         self.eps = eps
@@ -133,12 +141,16 @@ class BatchNorm(nn.Module):
                 f"(N, {self.num_features}, H, W), got {tuple(x.shape)}"
             )
         if not self.training:
-            return batch_norm(x, self.weight, self.bias, self.eps, self.running_mean, self.running_var)
+            return batch_norm(
+                x, self.weight, self.bias, self.eps, self.running_mean, self.running_var
+            )
 
         n = x.numel() // self.num_features  # values per channel
         if n < 2:
             # One value per channel has no variance: every output would be beta (PyTorch raises too).
-            raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}"
+            )
         mean, var = batch_norm_statistics(x)
         self._update_running_statistics(mean, var, n)
         return batch_norm(x, self.weight, self.bias, self.eps, mean, var)
@@ -155,7 +167,9 @@ class BatchNorm(nn.Module):
         self.running_var.mul_(1 - momentum).add_(momentum * unbiased_var)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -186,9 +200,13 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"fold_batchnorm folds into an nn.Conv2d, got {type(conv).__name__}")
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("the batch norm has no running statistics (track_running_stats=False): nothing to fold")
+        raise ValueError(
+            "the batch norm has no running statistics (track_running_stats=False): nothing to fold"
+        )
     if bn.running_mean.shape[0] != conv.out_channels:
-        raise ValueError(f"the batch norm has {bn.running_mean.shape[0]} channels, the conv {conv.out_channels} outputs")
+        raise ValueError(
+            f"the batch norm has {bn.running_mean.shape[0]} channels, the conv {conv.out_channels} outputs"
+        )
     gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
     beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
     scale = gamma / torch.sqrt(bn.running_var + bn.eps)  # one factor per output channel
@@ -199,7 +217,9 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
         # The conv's dtype and device, not the batch norm's: a bfloat16 conv with a float32
         # batch norm must still get a bfloat16 bias, or its forward pass refuses the mix.
         weight = conv.weight
-        folded.bias = nn.Parameter(torch.zeros(conv.out_channels, dtype=weight.dtype, device=weight.device))
+        folded.bias = nn.Parameter(
+            torch.zeros(conv.out_channels, dtype=weight.dtype, device=weight.device)
+        )
     folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
     folded.bias.copy_((bias - bn.running_mean) * scale + beta)
     return folded
@@ -230,6 +250,8 @@ def fold_batchnorms(model: nn.Sequential) -> nn.Sequential:
             layers.append(fold_batchnorm(layer, following))
             i += 2
             continue
-        layers.append(fold_batchnorms(layer) if isinstance(layer, nn.Sequential) else copy.deepcopy(layer))
+        layers.append(
+            fold_batchnorms(layer) if isinstance(layer, nn.Sequential) else copy.deepcopy(layer)
+        )
         i += 1
     return nn.Sequential(*layers).eval()

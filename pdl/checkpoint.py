@@ -65,13 +65,17 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"cannot write the checkpoint {path}: it is a folder; give a file name such as {path / 'last.pt'}")
+        raise IsADirectoryError(
+            f"cannot write the checkpoint {path}: it is a folder; give a file name such as {path / 'last.pt'}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary file lives in the same folder: os.replace is only atomic within one
     # file system. O_EXCL: never overwrite anything; mode 0o666 minus the umask, as open() does.
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     with _ctrl_c_deferred():
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # O_BINARY: Windows
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666
+        )  # O_BINARY: Windows
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(state, f)
@@ -103,7 +107,9 @@ def _ctrl_c_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if received:
             if callable(previous):
-                previous(signal.SIGINT, received[0])  # Python's default handler raises KeyboardInterrupt
+                previous(
+                    signal.SIGINT, received[0]
+                )  # Python's default handler raises KeyboardInterrupt
             elif previous != signal.SIG_IGN:
                 raise KeyboardInterrupt
 
@@ -131,7 +137,11 @@ def remove_stale_temporary_files(folder: str | os.PathLike, older_than: float = 
     removed = []
     now = time.time()
     for path in sorted(folder.iterdir()):
-        if _TEMPORARY.match(path.name) and path.is_file() and now - path.stat().st_mtime >= older_than:
+        if (
+            _TEMPORARY.match(path.name)
+            and path.is_file()
+            and now - path.stat().st_mtime >= older_than
+        ):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -158,13 +168,19 @@ def prepare_checkpoint_dir(folder: str | os.PathLike) -> tuple[Path, list[Path]]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise PermissionError(f"cannot create checkpoint_dir {folder} ({error.strerror}): choose a folder you can write to") from None
+        raise PermissionError(
+            f"cannot create checkpoint_dir {folder} ({error.strerror}): choose a folder you can write to"
+        ) from None
     if not os.access(folder, os.W_OK):
-        raise PermissionError(f"checkpoint_dir {folder} is not writable: choose a folder you can write to")
+        raise PermissionError(
+            f"checkpoint_dir {folder} is not writable: choose a folder you can write to"
+        )
     return folder, remove_stale_temporary_files(folder)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; raise ``CheckpointError`` if it is unusable.
 
     A file that holds pickled Python objects (code could run while unpickling) is refused,
@@ -178,9 +194,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file (did you mean {path / 'last.pt'}?)")
+        raise CheckpointError(
+            f"{path} is a folder, not a checkpoint file (did you mean {path / 'last.pt'}?)"
+        )
     if not path.is_file():
-        raise CheckpointError(f"No checkpoint at {path}: check the path (pdl.fit writes last.pt and best.pt into its checkpoint_dir)")
+        raise CheckpointError(
+            f"No checkpoint at {path}: check the path (pdl.fit writes last.pt and best.pt into its checkpoint_dir)"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
@@ -198,7 +218,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "yourself, save model.state_dict() (or a dict of state_dicts) instead of the objects."
         ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict (a checkpoint or a state_dict)")
+        raise CheckpointError(
+            f"{path} holds a {type(state).__name__}, not a dict (a checkpoint or a state_dict)"
+        )
     return state
 
 
@@ -384,7 +406,9 @@ def restore_training_state(
     return state["epoch"], list(state["history"]), state["monitor"]
 
 
-def _check_resumable(state, path, model, optimizer, scheduler, monitor, requested_lrs, epochs) -> None:
+def _check_resumable(
+    state, path, model, optimizer, scheduler, monitor, requested_lrs, epochs
+) -> None:
     if state.get("format") != FORMAT:
         if state and all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(
@@ -392,7 +416,11 @@ def _check_resumable(state, path, model, optimizer, scheduler, monitor, requeste
                 "there is no optimizer, history or random state to resume. To start from these weights: "
                 "model.load_state_dict(pdl.checkpoint.load_checkpoint(path)), then fit without resume=."
             )
-        found = f"format {state['format']!r}" if "format" in state else f"keys {', '.join(map(str, list(state)[:6]))}"
+        found = (
+            f"format {state['format']!r}"
+            if "format" in state
+            else f"keys {', '.join(map(str, list(state)[:6]))}"
+        )
         raise CheckpointError(
             f"{path} is not a checkpoint that this pdl's fit can resume ({found}; expected format {FORMAT!r}). "
             "Start a new run; to reuse its weights: model.load_state_dict(pdl.checkpoint.load_checkpoint(path)['model'])."
@@ -433,12 +461,18 @@ def _check_resumable(state, path, model, optimizer, scheduler, monitor, requeste
             "saved rates, or start a new run from the saved weights with the new rate: "
             "model.load_state_dict(pdl.checkpoint.load_checkpoint(path)['model']), then fit without resume=."
         )
-    saved_scheduler, now = state["scheduler_class"], type(scheduler).__name__ if scheduler is not None else None
+    saved_scheduler, now = (
+        state["scheduler_class"],
+        type(scheduler).__name__ if scheduler is not None else None,
+    )
     if saved_scheduler != now:
         raise ValueError(
             f"{path} was written with scheduler {saved_scheduler}, and this run passes {now}: "
-            + (f"pass the same {saved_scheduler} to continue its schedule." if saved_scheduler else
-               "the saved run had none, so there is no schedule to continue; resume without scheduler=.")
+            + (
+                f"pass the same {saved_scheduler} to continue its schedule."
+                if saved_scheduler
+                else "the saved run had none, so there is no schedule to continue; resume without scheduler=."
+            )
         )
 
 

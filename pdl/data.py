@@ -86,11 +86,16 @@ def fashion_mnist_tensors(
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         # A negative limit would slice from the end (limit=-5 keeps all but 5 samples).
-        raise ValueError(f"limit must be a positive number of samples, or None for all of them; got {limit!r}")
+        raise ValueError(
+            f"limit must be a positive number of samples, or None for all of them; got {limit!r}"
+        )
     dataset = fashion_mnist_dataset(split)
     images, labels = dataset.data, dataset.targets
     if limit is not None:
-        images, labels = images[:limit], labels[:limit]  # a limit above the set's size keeps all of it
+        images, labels = (
+            images[:limit],
+            labels[:limit],
+        )  # a limit above the set's size keeps all of it
     x = images.unsqueeze(1).float().div_(255)
     if normalize:
         x.sub_(FASHION_MNIST_MEAN).div_(FASHION_MNIST_STD)
@@ -130,7 +135,9 @@ def tensor_loader(
             + ": slice them to the same samples, e.g. x[:n], y[:n]"
         )
     if len(tensors[0]) == 0:
-        raise ValueError("tensor_loader got empty tensors (0 samples): an epoch over them would train nothing")
+        raise ValueError(
+            "tensor_loader got empty tensors (0 samples): an epoch over them would train nothing"
+        )
     dataset = TensorDataset(*tensors)
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
@@ -196,7 +203,9 @@ def imagenet_transform(
     )
 
 
-def hymenoptera_datasets(image_size: int = 224, *, augment: bool = True, train_transform=None, val_transform=None):
+def hymenoptera_datasets(
+    image_size: int = 224, *, augment: bool = True, train_transform=None, val_transform=None
+):
     """The ants-vs-bees ``ImageFolder`` datasets ``(train, val)``; classes ``['ants', 'bees']``.
 
     Transforms default to ``imagenet_transform`` (augmented for training when ``augment``);
@@ -225,7 +234,9 @@ def hymenoptera_datasets(image_size: int = 224, *, augment: bool = True, train_t
 # --------------------------------------------------------------------------------------
 
 
-def train_val_split(dataset: Dataset, val_fraction: float = 0.1, *, seed: int = 0) -> tuple[Subset, Subset]:
+def train_val_split(
+    dataset: Dataset, val_fraction: float = 0.1, *, seed: int = 0
+) -> tuple[Subset, Subset]:
     """Split ``dataset`` into (train, validation) subsets, the same way every time for one seed.
 
     Uses its own generator, so the split does not depend on (or disturb) the global RNG.
@@ -236,10 +247,14 @@ def train_val_split(dataset: Dataset, val_fraction: float = 0.1, *, seed: int = 
         (8, 2)
     """
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1 (e.g. 0.1 keeps 10% for validation), got {val_fraction}")
+        raise ValueError(
+            f"val_fraction must be between 0 and 1 (e.g. 0.1 keeps 10% for validation), got {val_fraction}"
+        )
     n_val = max(1, round(len(dataset) * val_fraction))
     generator = torch.Generator().manual_seed(seed)
-    train, val = torch.utils.data.random_split(dataset, [len(dataset) - n_val, n_val], generator=generator)
+    train, val = torch.utils.data.random_split(
+        dataset, [len(dataset) - n_val, n_val], generator=generator
+    )
     return train, val
 
 
@@ -257,7 +272,10 @@ def default_num_workers() -> int:
     """
     import multiprocessing
 
-    spawning = multiprocessing.get_start_method(allow_none=True) in ("spawn", None) and sys.platform in ("win32", "darwin")
+    spawning = multiprocessing.get_start_method(allow_none=True) in (
+        "spawn",
+        None,
+    ) and sys.platform in ("win32", "darwin")
     in_notebook = "ipykernel" in sys.modules
     if spawning and in_notebook:
         return 0

@@ -44,15 +44,23 @@ def get_device(prefer: torch.device | str | None = None) -> torch.device:
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    asked = f"{DEVICE_ENV_VAR}={choice!r} (an environment variable)" if from_environment else f"device {choice!r}"
+    asked = (
+        f"{DEVICE_ENV_VAR}={choice!r} (an environment variable)"
+        if from_environment
+        else f"device {choice!r}"
+    )
     unset = f"; or unset {DEVICE_ENV_VAR} to let pdl choose" if from_environment else ""
     try:
         device = torch.device(choice)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{asked} is not a device: use 'cpu', 'cuda', 'cuda:1' or 'mps'{unset}.") from None
+        raise ValueError(
+            f"{asked} is not a device: use 'cpu', 'cuda', 'cuda:1' or 'mps'{unset}."
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"{asked} was requested but CUDA is not available here: use 'cpu'{unset}.")
+            raise RuntimeError(
+                f"{asked} was requested but CUDA is not available here: use 'cpu'{unset}."
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise RuntimeError(
@@ -60,7 +68,9 @@ def get_device(prefer: torch.device | str | None = None) -> torch.device:
                 f"{', '.join(f'cuda:{i}' for i in range(count))}; use one of them{unset}."
             )
     if device.type == "mps" and not _mps_available():
-        raise RuntimeError(f"{asked} was requested but Apple MPS is not available here: use 'cpu'{unset}.")
+        raise RuntimeError(
+            f"{asked} was requested but Apple MPS is not available here: use 'cpu'{unset}."
+        )
     return device
 
 

@@ -86,8 +86,14 @@ def check_training_arguments(
             f"grad_clip must be a positive number (the largest gradient norm allowed, e.g. 1.0) or None, got "
             f"{grad_clip!r}: clipping to zero stops training, and a negative norm would reverse the gradient."
         )
-    if isinstance(accumulate_steps, bool) or not isinstance(accumulate_steps, int) or accumulate_steps < 1:
-        raise ValueError(f"accumulate_steps must be a whole number >= 1 (1: no accumulation), got {accumulate_steps!r}")
+    if (
+        isinstance(accumulate_steps, bool)
+        or not isinstance(accumulate_steps, int)
+        or accumulate_steps < 1
+    ):
+        raise ValueError(
+            f"accumulate_steps must be a whole number >= 1 (1: no accumulation), got {accumulate_steps!r}"
+        )
 
 
 def check_loss_fn(loss_fn: Any, required: bool = True) -> None:
@@ -104,11 +110,19 @@ def check_loss_fn(loss_fn: Any, required: bool = True) -> None:
             f"nn.{loss_fn.__name__}() (note the parentheses)."
         )
     if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, like nn.CrossEntropyLoss(); got a {type(loss_fn).__name__}")
+        raise TypeError(
+            f"loss_fn must be callable, like nn.CrossEntropyLoss(); got a {type(loss_fn).__name__}"
+        )
 
 
 def check_fit_arguments(
-    train_loader: Any, val_loader: Any, *, epochs: Any, patience: Any, scheduler: Any, scheduler_interval: str,
+    train_loader: Any,
+    val_loader: Any,
+    *,
+    epochs: Any,
+    patience: Any,
+    scheduler: Any,
+    scheduler_interval: str,
     optimizer: torch.optim.Optimizer,
 ) -> None:
     """What ``fit`` checks beyond ``check_training_arguments``, before the first epoch.
@@ -121,9 +135,17 @@ def check_fit_arguments(
         ValueError: epochs must be a whole number >= 1 (the total number of epochs of the run), got 0
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a whole number >= 1 (the total number of epochs of the run), got {epochs!r}")
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
-        why = ": patience=0 would stop after the first epoch that does not improve on itself" if patience == 0 else ""
+        raise ValueError(
+            f"epochs must be a whole number >= 1 (the total number of epochs of the run), got {epochs!r}"
+        )
+    if patience is not None and (
+        isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
+    ):
+        why = (
+            ": patience=0 would stop after the first epoch that does not improve on itself"
+            if patience == 0
+            else ""
+        )
         raise ValueError(
             f"patience must be a whole number >= 1 (epochs without improvement before stopping) or None, "
             f"got {patience!r}{why}."
@@ -132,10 +154,14 @@ def check_fit_arguments(
     if val_loader is not None:
         check_loader(val_loader, "val_loader", epochs)
     if scheduler_interval not in ("epoch", "step"):
-        raise ValueError(f"scheduler_interval must be 'epoch' or 'step', not {scheduler_interval!r}")
+        raise ValueError(
+            f"scheduler_interval must be 'epoch' or 'step', not {scheduler_interval!r}"
+        )
     if scheduler is not None:
         if isinstance(scheduler, type):
-            raise TypeError(f"scheduler is the class {scheduler.__name__}: create it with {scheduler.__name__}(optimizer, ...)")
+            raise TypeError(
+                f"scheduler is the class {scheduler.__name__}: create it with {scheduler.__name__}(optimizer, ...)"
+            )
         if getattr(scheduler, "optimizer", optimizer) is not optimizer:
             raise ValueError(
                 "the scheduler was built for another optimizer than the one passed to fit, so its steps would "
@@ -143,7 +169,9 @@ def check_fit_arguments(
             )
         plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         if plateau and scheduler_interval == "step":
-            raise ValueError("ReduceLROnPlateau needs the monitored value of an epoch: use scheduler_interval='epoch'")
+            raise ValueError(
+                "ReduceLROnPlateau needs the monitored value of an epoch: use scheduler_interval='epoch'"
+            )
 
 
 def check_plateau_mode(scheduler: Any, monitor_column: str, monitor_mode: str) -> None:
@@ -156,7 +184,10 @@ def check_plateau_mode(scheduler: Any, monitor_column: str, monitor_mode: str) -
         ...
         ValueError: ReduceLROnPlateau(mode='min') gets val_accuracy, which this run maximizes (mode='max'): it would lower the learning rate whenever val_accuracy improves. Create it with ReduceLROnPlateau(optimizer, mode='max').
     """
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler.mode != monitor_mode:
+    if (
+        isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        and scheduler.mode != monitor_mode
+    ):
         verb = "maximizes" if monitor_mode == "max" else "minimizes"
         raise ValueError(
             f"ReduceLROnPlateau(mode={scheduler.mode!r}) gets {monitor_column}, which this run {verb} "
@@ -180,7 +211,9 @@ def check_loader(loader: Any, name: str, epochs: int = 1) -> None:
             "e.g. pdl.data.tensor_loader(x, y, batch_size=64, shuffle=True)."
         )
     if not isinstance(loader, Iterable):
-        raise TypeError(f"{name} must yield (inputs, targets) batches, like a DataLoader; got a {type(loader).__name__}")
+        raise TypeError(
+            f"{name} must yield (inputs, targets) batches, like a DataLoader; got a {type(loader).__name__}"
+        )
     if isinstance(loader, Iterator) and epochs > 1:
         raise TypeError(
             f"{name} is a {type(loader).__name__}, which can be iterated only once: epoch 2 would get no batches. "
@@ -194,9 +227,13 @@ def check_loader(loader: Any, name: str, epochs: int = 1) -> None:
     if size == 0:
         hint = ""
         if isinstance(loader, DataLoader):
-            hint = (f" (its dataset holds {len(loader.dataset)} samples, batch_size={loader.batch_size}"  # type: ignore[arg-type]
-                    f"{', drop_last=True drops the only, incomplete batch' if loader.drop_last else ''})")
-        raise ValueError(f"{name} yields no batches{hint}: an epoch over it would compute nothing. Give it data.")
+            hint = (
+                f" (its dataset holds {len(loader.dataset)} samples, batch_size={loader.batch_size}"  # type: ignore[arg-type]
+                f"{', drop_last=True drops the only, incomplete batch' if loader.drop_last else ''})"
+            )
+        raise ValueError(
+            f"{name} yields no batches{hint}: an epoch over it would compute nothing. Give it data."
+        )
 
 
 def no_batches_error(name: str, epoch: int) -> ValueError:
@@ -222,7 +259,9 @@ def split_batch(batch: Any, device: torch.device) -> tuple[Any, Any]:
         TypeError: the batch holds NumPy arrays (ndarray inputs, ndarray targets), but models take torch tensors. Convert the data once, before making the loader: x = torch.from_numpy(x).float() (NumPy's default float64 is not what models use), y = torch.from_numpy(y).long() for class indices.
     """
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        got = f"a {type(batch).__name__}" + (f" of length {len(batch)}" if hasattr(batch, "__len__") else "")
+        got = f"a {type(batch).__name__}" + (
+            f" of length {len(batch)}" if hasattr(batch, "__len__") else ""
+        )
         raise TypeError(
             f"each batch must be a pair (inputs, targets); got {got}. A Dataset's __getitem__ should "
             "return (input, target), e.g. TensorDataset(x, y) or pdl.data.tensor_loader(x, y)."
@@ -247,9 +286,16 @@ def check_class_indices(outputs: Any, targets: Any, loss_fn: Any) -> None:
         ...
         pdl.diagnostics.BatchShapeError: The targets contain class 5, but the model outputs 3 scores per sample (classes 0..2). Does the last layer have as many outputs as there are classes (nn.Linear(..., 6) or more)?
     """
-    if not isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)) or not isinstance(targets, torch.Tensor):
+    if not isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)) or not isinstance(
+        targets, torch.Tensor
+    ):
         return
-    if targets.is_floating_point() or targets.numel() == 0 or not isinstance(outputs, torch.Tensor) or outputs.ndim < 2:
+    if (
+        targets.is_floating_point()
+        or targets.numel() == 0
+        or not isinstance(outputs, torch.Tensor)
+        or outputs.ndim < 2
+    ):
         return
     n_classes = outputs.shape[1]
     low, high = (bound.item() for bound in torch.aminmax(targets))
@@ -266,11 +312,17 @@ def check_class_indices(outputs: Any, targets: Any, loss_fn: Any) -> None:
         raise BatchShapeError(
             f"The targets contain class {bad}, but the model outputs {n_classes} scores per sample "
             f"(classes 0..{n_classes - 1}). Does the last layer have as many outputs as there are classes"
-            + (f" (nn.Linear(..., {bad + 1}) or more)?" if bad >= 0 else "? Class indices start at 0.")
+            + (
+                f" (nn.Linear(..., {bad + 1}) or more)?"
+                if bad >= 0
+                else "? Class indices start at 0."
+            )
         )
 
 
-def non_finite_loss_error(value: float, epoch: int, step: int, n_batches: int | None) -> NonFiniteLossError:
+def non_finite_loss_error(
+    value: float, epoch: int, step: int, n_batches: int | None
+) -> NonFiniteLossError:
     return NonFiniteLossError(
         f"The loss became {value} at epoch {epoch}, step {step}{f' of {n_batches}' if n_batches else ''}. Usual "
         "causes: a learning rate that is too high, inputs that are not normalized (or hold NaN), a log or "
@@ -295,7 +347,11 @@ def check_validation_loss(results: dict[str, float], epoch: int, train_loss: flo
 
 
 def forward_with_diagnostics(
-    model: nn.Module, loss_fn: Any, inputs: Any, targets: Any, metrics: MetricCollection | None = None
+    model: nn.Module,
+    loss_fn: Any,
+    inputs: Any,
+    targets: Any,
+    metrics: MetricCollection | None = None,
 ) -> tuple[Any, torch.Tensor | None]:
     """Steps 1 and 2 of the loop (forward, loss) for a first batch, every usual mistake explained.
 
@@ -338,8 +394,16 @@ def explain_forward_error(error: RuntimeError, model: nn.Module, inputs: Any) ->
     text = str(error)
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     shape = _inputs_summary(inputs)
-    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text:
-        size = f"batch size {len(inputs)}" if isinstance(inputs, torch.Tensor) and inputs.ndim else "this batch"
+    if (
+        isinstance(error, torch.OutOfMemoryError)
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    ):
+        size = (
+            f"batch size {len(inputs)}"
+            if isinstance(inputs, torch.Tensor) and inputs.ndim
+            else "this batch"
+        )
         return torch.OutOfMemoryError(
             f"Out of memory on the first batch (inputs {shape}, {size}): {first_line}\n"
             "Try a smaller batch_size (half of it, say) or smaller images; on a GPU mixed precision "
@@ -371,7 +435,14 @@ def explain_forward_error(error: RuntimeError, model: nn.Module, inputs: Any) ->
     return None
 
 
-_ELEMENTWISE_LOSSES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss, nn.BCEWithLogitsLoss)
+_ELEMENTWISE_LOSSES = (
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+)
 
 
 def check_outputs_and_targets(outputs: torch.Tensor, targets: torch.Tensor, loss_fn: Any) -> None:
@@ -398,8 +469,13 @@ def check_outputs_and_targets(outputs: torch.Tensor, targets: torch.Tensor, loss
                 f"but the model outputs {out} and the targets are {tgt}. Reshape one of them, e.g. "
                 "outputs.squeeze(1) or targets.unsqueeze(1) / .view(-1, 1)."
             )
-        if isinstance(loss_fn, (nn.BCELoss, nn.BCEWithLogitsLoss)) and not targets.is_floating_point():
-            raise BatchShapeError(f"{name} needs float targets (0.0 / 1.0); got {targets.dtype}. Use targets.float().")
+        if (
+            isinstance(loss_fn, (nn.BCELoss, nn.BCEWithLogitsLoss))
+            and not targets.is_floating_point()
+        ):
+            raise BatchShapeError(
+                f"{name} needs float targets (0.0 / 1.0); got {targets.dtype}. Use targets.float()."
+            )
     elif isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
         if outputs.ndim < 2:
             raise BatchShapeError(
@@ -430,7 +506,9 @@ def check_loss(loss: Any) -> None:
         ValueError: loss_fn returned a tensor of shape (3,), not one number: use the loss's default reduction='mean' (not 'none'), or add .mean() to your own loss.
     """
     if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"loss_fn returned a {type(loss).__name__}, not a tensor: compute the loss with torch operations")
+        raise TypeError(
+            f"loss_fn returned a {type(loss).__name__}, not a tensor: compute the loss with torch operations"
+        )
     if loss.numel() != 1:
         raise ValueError(
             f"loss_fn returned a tensor of shape {tuple(loss.shape)}, not one number: use the loss's default "

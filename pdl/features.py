@@ -138,7 +138,11 @@ def _images_and_labels(batch: Any) -> tuple[torch.Tensor, Any]:
     """``(images, labels)`` of a batch; labels None for a batch of images alone."""
     if isinstance(batch, torch.Tensor):
         return batch, None
-    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2) and isinstance(batch[0], torch.Tensor):
+    if (
+        isinstance(batch, (tuple, list))
+        and len(batch) in (1, 2)
+        and isinstance(batch[0], torch.Tensor)
+    ):
         return batch[0], batch[1] if len(batch) == 2 else None
     raise TypeError(
         f"extract_features needs batches of images, or (images, labels) pairs; got a {type(batch).__name__}"
@@ -309,7 +313,9 @@ def cached_features(
     return CachedFeatures(features, labels, key, "computed", time.perf_counter() - started)
 
 
-def _copies(features: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _copies(
+    features: torch.Tensor, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     # Hand out copies: an in-place edit of a returned tensor (features -= mean) must not
     # change what later requests get.
     return features.clone(), labels.clone() if labels is not None else None

@@ -115,8 +115,13 @@ def inject_parameters(nb: Any, parameters: dict[str, Any]) -> bool:
     if index is None:
         return False
     lines = ["# Parameters injected for grading"] + [f"{k} = {v!r}" for k, v in parameters.items()]
-    injected = {"cell_type": "code", "execution_count": None, "outputs": [], "source": "\n".join(lines),
-                "metadata": {"tags": ["injected-parameters"]}}
+    injected = {
+        "cell_type": "code",
+        "execution_count": None,
+        "outputs": [],
+        "source": "\n".join(lines),
+        "metadata": {"tags": ["injected-parameters"]},
+    }
     nb["cells"].insert(index + 1, injected)
     return True
 
@@ -159,7 +164,9 @@ print("PDL-GRADES " + _json.dumps({_n: [_v.status, _v.message] for _n, _v in _co
 """
 
 
-def grade_notebook(path: Path, *, fast: bool = True, timeout: int | None = None, offline: bool = True) -> Grade:
+def grade_notebook(
+    path: Path, *, fast: bool = True, timeout: int | None = None, offline: bool = True
+) -> Grade:
     """Run the notebook at ``path`` in a fresh kernel and grade each of its exercises.
 
     ``fast`` injects the notebook's fast parameters (as CI runs it); ``timeout`` is the limit
@@ -179,7 +186,9 @@ def grade_notebook(path: Path, *, fast: bool = True, timeout: int | None = None,
         grade.errors.append(f"cannot read {path}: {type(error).__name__}: {error}")
         return grade
     names = exercise_names(nb)
-    for number, cell in enumerate(nb.cells, start=1):  # to name a failing cell as the student counts
+    for number, cell in enumerate(
+        nb.cells, start=1
+    ):  # to name a failing cell as the student counts
         cell.metadata["pdl_cell_number"] = number
     nb.cells = [cell for cell in nb.cells if "solution" not in tags(cell)]
     settings = nb.metadata.get("pdl", {})
@@ -194,9 +203,14 @@ def grade_notebook(path: Path, *, fast: bool = True, timeout: int | None = None,
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pdl-grade-") as workdir:
         cell_timeout = timeout or int(settings.get("timeout", 600))
-        client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
-                                allow_errors=True, interrupt_on_timeout=True,
-                                resources={"metadata": {"path": workdir}})
+        client = NotebookClient(
+            nb,
+            timeout=cell_timeout,
+            kernel_name="python3",
+            allow_errors=True,
+            interrupt_on_timeout=True,
+            resources={"metadata": {"path": workdir}},
+        )
         verdicts: dict[str, list[str]] | None = None
         try:
             with client.setup_kernel(env=env):
@@ -204,7 +218,9 @@ def grade_notebook(path: Path, *, fast: bool = True, timeout: int | None = None,
                     client.execute_cell(cell, index)
                 probe = nbformat.v4.new_code_cell(_PROBE)
                 nb.cells.append(probe)  # nbclient stores a cell's outputs into the notebook
-                client.timeout = max(client.timeout, 600)  # the probe may import pdl: not the student's time
+                client.timeout = max(
+                    client.timeout, 600
+                )  # the probe may import pdl: not the student's time
                 try:
                     client.execute_cell(probe, len(nb.cells) - 1, store_history=False)
                 finally:
@@ -232,9 +248,19 @@ def grade_notebook(path: Path, *, fast: bool = True, timeout: int | None = None,
         elif name in verdicts:
             grade.exercises.append(ExerciseGrade(name, *verdicts[name]))
         elif name in cell_errors:
-            grade.exercises.append(ExerciseGrade(name, "failed", f"its cell raised {cell_errors[name]} before the check ran"))
+            grade.exercises.append(
+                ExerciseGrade(
+                    name, "failed", f"its cell raised {cell_errors[name]} before the check ran"
+                )
+            )
         else:
-            grade.exercises.append(ExerciseGrade(name, "not attempted", "its check never ran (the cell is missing or was not run)"))
+            grade.exercises.append(
+                ExerciseGrade(
+                    name,
+                    "not attempted",
+                    "its check never ran (the cell is missing or was not run)",
+                )
+            )
     return grade
 
 
@@ -257,7 +283,9 @@ def submissions(paths: list[Path]) -> list[tuple[str, Path]]:
     found = []
     for path in paths:
         if path.is_dir():
-            notebooks = sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+            notebooks = sorted(
+                p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
+            )
             found += [(str(p.relative_to(path).with_suffix("")), p) for p in notebooks]
         else:
             found.append((path.stem, path))
@@ -276,8 +304,10 @@ def table(grade: Grade) -> str:
     from pdl.checks.core import FAIL, PASS, TODO
 
     symbols = {"passed": PASS, "failed": FAIL, "not attempted": TODO}
-    lines = [f"{grade.submission}: {grade.passed} of {grade.total} exercises passed, {grade.count('failed')} failed, "
-             f"{grade.count('not attempted')} not attempted ({grade.seconds:.1f} s)"]
+    lines = [
+        f"{grade.submission}: {grade.passed} of {grade.total} exercises passed, {grade.count('failed')} failed, "
+        f"{grade.count('not attempted')} not attempted ({grade.seconds:.1f} s)"
+    ]
     width = max((len(e.name) for e in grade.exercises), default=0)
     for e in grade.exercises:
         detail = f": {e.message}" if e.status == "failed" else ""
@@ -293,7 +323,9 @@ def as_json(grades: list[Grade]) -> str:
         >>> print(as_json([Grade("bob.ipynb", [ExerciseGrade("f", "passed")])]))  # doctest: +ELLIPSIS
         [{"submission": "bob.ipynb", "exercises": [{"name": "f", "status": "passed", "message": ""}], ..., "passed": 1, "total": 1}]
     """
-    return json.dumps([asdict(g) | {"passed": g.passed, "total": g.total} for g in grades], ensure_ascii=False)
+    return json.dumps(
+        [asdict(g) | {"passed": g.passed, "total": g.total} for g in grades], ensure_ascii=False
+    )
 
 
 def as_csv(students: list[str], grades: list[Grade]) -> str:
@@ -304,14 +336,28 @@ def as_csv(students: list[str], grades: list[Grade]) -> str:
         student,submission,passed,failed,not attempted,total,errors,f
         bob,bob.ipynb,1,0,0,1,0,passed
     """
-    names = list(dict.fromkeys(e.name for g in grades for e in g.exercises))  # every exercise, in order
+    names = list(
+        dict.fromkeys(e.name for g in grades for e in g.exercises)
+    )  # every exercise, in order
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["student", "submission", "passed", "failed", "not attempted", "total", "errors", *names])
+    writer.writerow(
+        ["student", "submission", "passed", "failed", "not attempted", "total", "errors", *names]
+    )
     for student, g in zip(students, grades, strict=True):
         status = {e.name: e.status for e in g.exercises}
-        writer.writerow([student, g.submission, g.passed, g.count("failed"), g.count("not attempted"), g.total,
-                         len(g.errors), *(status.get(name, "") for name in names)])
+        writer.writerow(
+            [
+                student,
+                g.submission,
+                g.passed,
+                g.count("failed"),
+                g.count("not attempted"),
+                g.total,
+                len(g.errors),
+                *(status.get(name, "") for name in names),
+            ]
+        )
     return out.getvalue()
 
 
@@ -322,22 +368,43 @@ def exit_status(grades: list[Grade]) -> int:
         >>> exit_status([Grade("a", [ExerciseGrade("f", "passed")])]), exit_status([Grade("b", [ExerciseGrade("f", "failed")])])
         (0, 1)
     """
-    if any(not g.exercises or any(e.message.startswith("not judged") for e in g.exercises) for g in grades):
+    if any(
+        not g.exercises or any(e.message.startswith("not judged") for e in g.exercises)
+        for g in grades
+    ):
         return 2
     return 0 if all(g.passed == g.total for g in grades) else 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``python -m pdl grade`` (the command itself lives in ``pdl.__main__``)."""
-    parser.description = ("Run each student's notebook (fast parameters, no downloads, a time limit per cell) "
-                          "and report every exercise as passed, failed (with the check's message) or not "
-                          "attempted. Exit status: 0 all passed, 1 some did not, 2 a submission could not be judged.")
-    parser.add_argument("paths", nargs="+", type=Path, metavar="SUBMISSION", help="notebooks, or folders of notebooks")
+    parser.description = (
+        "Run each student's notebook (fast parameters, no downloads, a time limit per cell) "
+        "and report every exercise as passed, failed (with the check's message) or not "
+        "attempted. Exit status: 0 all passed, 1 some did not, 2 a submission could not be judged."
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="SUBMISSION",
+        help="notebooks, or folders of notebooks",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--csv", metavar="FILE", help="also write one CSV row per student to FILE ('-': stdout)")
-    parser.add_argument("--timeout", type=int, help="seconds per cell (default: the notebook's own timeout)")
-    parser.add_argument("--full", action="store_true", help="run with the notebook's own parameters, not its fast ones")
-    parser.add_argument("--online", action="store_true", help="allow downloads (default: PDL_OFFLINE=1)")
+    parser.add_argument(
+        "--csv", metavar="FILE", help="also write one CSV row per student to FILE ('-': stdout)"
+    )
+    parser.add_argument(
+        "--timeout", type=int, help="seconds per cell (default: the notebook's own timeout)"
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="run with the notebook's own parameters, not its fast ones",
+    )
+    parser.add_argument(
+        "--online", action="store_true", help="allow downloads (default: PDL_OFFLINE=1)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -349,7 +416,9 @@ def run(args: argparse.Namespace) -> int:
     grades = []
     for _, path in found:
         print(f"grading {path} ...", file=sys.stderr, flush=True)
-        grades.append(grade_notebook(path, fast=not args.full, timeout=args.timeout, offline=not args.online))
+        grades.append(
+            grade_notebook(path, fast=not args.full, timeout=args.timeout, offline=not args.online)
+        )
     print(as_json(grades) if args.json else "\n\n".join(map(table, grades)))
     if args.csv:
         rows = as_csv([student for student, _ in found], grades)

@@ -121,7 +121,11 @@ class Monitor:
 
     @classmethod
     def choose(
-        cls, column: str | None, mode: str | None, columns: list[str], metrics: Mapping[str, Metric] | None
+        cls,
+        column: str | None,
+        mode: str | None,
+        columns: list[str],
+        metrics: Mapping[str, Metric] | None,
     ) -> Monitor:
         """The monitor for a run whose rows will have ``columns``; ``column=None`` means the validation loss.
 
@@ -142,7 +146,9 @@ class Monitor:
         if mode is None:
             mode = _direction(column, metrics)
         if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' (lower is better) or 'max' (higher is better), not {mode!r}")
+            raise ValueError(
+                f"mode must be 'min' (lower is better) or 'max' (higher is better), not {mode!r}"
+            )
         return cls(column, mode)
 
     def update(self, row: Mapping[str, float]) -> bool:
@@ -153,7 +159,9 @@ class Monitor:
                 f"{self.column} is {value} after epoch {int(row['epoch'])}, so no epoch can be called the best. "
                 "A nan metric usually means it saw no samples or divided by zero; check the data of that split."
             )
-        improved = math.isnan(self.best) or (value < self.best if self.mode == "min" else value > self.best)
+        improved = math.isnan(self.best) or (
+            value < self.best if self.mode == "min" else value > self.best
+        )
         if improved:
             self.best, self.epochs_without_improvement = value, 0
         else:
@@ -165,7 +173,10 @@ class Monitor:
                 "epochs_without_improvement": self.epochs_without_improvement}  # fmt: skip
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best, self.epochs_without_improvement = state["best"], state["epochs_without_improvement"]
+        self.best, self.epochs_without_improvement = (
+            state["best"],
+            state["epochs_without_improvement"],
+        )
 
 
 def _direction(column: str, metrics: Mapping[str, Metric] | None) -> str:
@@ -202,7 +213,9 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     groups = optimizer.param_groups
     if len(groups) == 1:
         return {"lr": float(groups[0]["lr"])}
-    return {f"lr_{group.get('name', index)}": float(group["lr"]) for index, group in enumerate(groups)}
+    return {
+        f"lr_{group.get('name', index)}": float(group["lr"]) for index, group in enumerate(groups)
+    }
 
 
 def run_columns(metrics: Mapping[str, Metric] | None, validate: bool, optimizer: torch.optim.Optimizer,
@@ -231,8 +244,12 @@ def summary_line(row: Mapping[str, float], epochs: int) -> str:
     parts = [f"epoch {int(row['epoch'])}/{epochs}"]
     for key, value in row.items():
         if key.startswith(("train_", "val_")):
-            parts.append(f"{key} {value:.4f}" if not key.endswith("steps") else f"{key} {int(value)}")
-    parts += [f"{key} {value:.3g}" for key, value in row.items() if key == "lr" or key.startswith("lr_")]
+            parts.append(
+                f"{key} {value:.4f}" if not key.endswith("steps") else f"{key} {int(value)}"
+            )
+    parts += [
+        f"{key} {value:.3g}" for key, value in row.items() if key == "lr" or key.startswith("lr_")
+    ]
     parts.append(f"{row['seconds']:.1f}s")
     return "  ".join(parts)
 

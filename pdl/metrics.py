@@ -37,10 +37,14 @@ def classification_metrics(num_classes: int, *, task: str | None = None) -> Metr
     task = task or "multiclass"
     if task == "multiclass":
         if num_classes < 2:
-            raise ValueError("a multiclass problem needs num_classes >= 2; use task='binary' for one output")
+            raise ValueError(
+                "a multiclass problem needs num_classes >= 2; use task='binary' for one output"
+            )
         kwargs = {"task": "multiclass", "num_classes": num_classes, "average": "macro"}
         # Accuracy stays the plain fraction of correct predictions ("micro"), as people expect.
-        accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, average="micro")
+        accuracy = torchmetrics.Accuracy(
+            task="multiclass", num_classes=num_classes, average="micro"
+        )
     elif task == "binary":
         kwargs = {"task": "binary"}
         accuracy = torchmetrics.Accuracy(task="binary")
@@ -69,11 +73,15 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     else:
         predictions = outputs.argmax(dim=-1)
     if predictions.shape != targets.shape:
-        raise ValueError(f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ in shape")
+        raise ValueError(
+            f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ in shape"
+        )
     return (predictions == targets).float().mean().item()
 
 
-def confusion_matrix(outputs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+def confusion_matrix(
+    outputs: torch.Tensor, targets: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """A ``(C, C)`` count matrix: row = true class, column = predicted class.
 
     ``outputs`` may be scores ``(N, C)`` or predicted labels ``(N,)``.

@@ -52,8 +52,14 @@ def plot_history(
     return _finish_epoch_axes(ax, metric, log)
 
 
-def compare_histories(histories: Mapping[str, Any], *, metric: str = "loss", split: str = "val",
-                      ax: plt.Axes | None = None, log: bool | None = None) -> plt.Axes:
+def compare_histories(
+    histories: Mapping[str, Any],
+    *,
+    metric: str = "loss",
+    split: str = "val",
+    ax: plt.Axes | None = None,
+    log: bool | None = None,
+) -> plt.Axes:
     """One curve per run (e.g. per optimizer or activation) for ``{split}_{metric}``.
 
     Example:
@@ -122,19 +128,24 @@ def show_images(
         images = images.unsqueeze(1)
     if mean is not None and std is not None:
         channels = images.shape[1]
-        images = images * torch.as_tensor(std).reshape(-1, 1, 1).expand(channels, 1, 1) + torch.as_tensor(
-            mean
-        ).reshape(-1, 1, 1).expand(channels, 1, 1)
+        images = images * torch.as_tensor(std).reshape(-1, 1, 1).expand(
+            channels, 1, 1
+        ) + torch.as_tensor(mean).reshape(-1, 1, 1).expand(channels, 1, 1)
     n = len(images)
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, size * nrows + 0.3 * nrows), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
             continue
         picture = images[i].permute(1, 2, 0).clamp(0, 1).numpy()
-        ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray" if picture.shape[-1] == 1 else None)
+        ax.imshow(
+            picture.squeeze(-1) if picture.shape[-1] == 1 else picture,
+            cmap="gray" if picture.shape[-1] == 1 else None,
+        )
         if labels is None:
             continue
         true = _name(labels[i], class_names)
@@ -143,8 +154,11 @@ def show_images(
         else:
             predicted = _name(predictions[i], class_names)
             wrong = int(predictions[i]) != int(labels[i])
-            ax.set_title(f"{predicted}\n(true: {true})" if wrong else predicted, fontsize=8,
-                         color="red" if wrong else "black")
+            ax.set_title(
+                f"{predicted}\n(true: {true})" if wrong else predicted,
+                fontsize=8,
+                color="red" if wrong else "black",
+            )
     fig.tight_layout()
     return fig
 
@@ -188,8 +202,15 @@ def plot_confusion_matrix(
         for j in range(n):
             value = matrix[i, j].item()
             text = f"{value:.2f}" if normalize else f"{int(value)}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if value > threshold else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if value > threshold else "black",
+            )
     return ax
 
 

@@ -89,12 +89,16 @@ def export_for_app(
     model.eval()  # dropout off, batch norm on its running statistics
     partial = folder / (MODEL_FILE + ".partial")  # renamed when complete: no half-written model
     try:
-        sample = torch.randn(3, channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+        sample = torch.randn(
+            3, channels, image_size, image_size, generator=torch.Generator().manual_seed(0)
+        )
         torch.onnx.export(
             model, (sample[:2],), partial, input_names=["images"], output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
         )  # fmt: skip
-        difference = verify_export(partial, model, sample, tolerance)  # batch 3: the batch size really is free
+        difference = verify_export(
+            partial, model, sample, tolerance
+        )  # batch 3: the batch size really is free
         os.replace(partial, folder / MODEL_FILE)
     finally:
         partial.unlink(missing_ok=True)  # only left over when the export failed
@@ -104,18 +108,30 @@ def export_for_app(
     if examples is not None:
         images, labels = examples
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            name = f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '-', class_names[int(label)]).strip('-')}.png"
+            name = (
+                f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '-', class_names[int(label)]).strip('-')}.png"
+            )
             _save_png(image, mean, std, folder / EXAMPLES_DIR / name)
             names.append(name)
-    info = {"format": "pdl-app-1", "classes": list(class_names), "image_size": image_size, "channels": channels,
-            "mean": _per_channel(mean, channels), "std": _per_channel(std, channels), "examples": names,
-            "description": description or type(model).__name__, "max_abs_difference_to_pytorch": difference,
-            "torch": torch.__version__}
+    info = {
+        "format": "pdl-app-1",
+        "classes": list(class_names),
+        "image_size": image_size,
+        "channels": channels,
+        "mean": _per_channel(mean, channels),
+        "std": _per_channel(std, channels),
+        "examples": names,
+        "description": description or type(model).__name__,
+        "max_abs_difference_to_pytorch": difference,
+        "torch": torch.__version__,
+    }
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return folder
 
 
-def verify_export(path: str | os.PathLike, model: Any, sample: Any, tolerance: float = 1e-4) -> float:
+def verify_export(
+    path: str | os.PathLike, model: Any, sample: Any, tolerance: float = 1e-4
+) -> float:
     """The largest absolute difference between ONNX Runtime's and ``model``'s outputs on ``sample``.
 
     Raises ``RuntimeError`` above ``tolerance``. ``model`` should be in eval mode.
@@ -133,24 +149,36 @@ def verify_export(path: str | os.PathLike, model: Any, sample: Any, tolerance: f
     got = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
     difference = float(np.abs(got - expected).max())
     if difference > tolerance:
-        raise RuntimeError(f"the exported model differs from PyTorch by {difference:.2e} (> {tolerance:g})")
+        raise RuntimeError(
+            f"the exported model differs from PyTorch by {difference:.2e} (> {tolerance:g})"
+        )
     return difference
 
 
 def _per_channel(value: float | Sequence[float], channels: int) -> list[float]:
-    values = [float(value)] * channels if isinstance(value, (int, float)) else [float(v) for v in value]
+    values = (
+        [float(value)] * channels if isinstance(value, (int, float)) else [float(v) for v in value]
+    )
     if len(values) != channels:
-        raise ValueError(f"expected {channels} mean/std values (one per channel), got {len(values)}")
+        raise ValueError(
+            f"expected {channels} mean/std values (one per channel), got {len(values)}"
+        )
     return values
 
 
-def _save_png(image: Any, mean: float | Sequence[float], std: float | Sequence[float], path: Path) -> None:
+def _save_png(
+    image: Any, mean: float | Sequence[float], std: float | Sequence[float], path: Path
+) -> None:
     """Undo the normalization of one ``(C, H, W)`` image and write it as an 8-bit PNG."""
     from PIL import Image
 
-    pixels = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
+    pixels = np.asarray(
+        image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32
+    )
     channels = pixels.shape[0]
-    pixels = pixels * np.reshape(_per_channel(std, channels), (-1, 1, 1)) + np.reshape(_per_channel(mean, channels), (-1, 1, 1))
+    pixels = pixels * np.reshape(_per_channel(std, channels), (-1, 1, 1)) + np.reshape(
+        _per_channel(mean, channels), (-1, 1, 1)
+    )
     pixels = (pixels.clip(0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
     Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
 
@@ -180,10 +208,14 @@ class Classifier:
             )
         self.info = json.loads((self.folder / INFO_FILE).read_text(encoding="utf-8"))
         self.classes: list[str] = self.info["classes"]
-        self.session = onnxruntime.InferenceSession(str(self.folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(
+            str(self.folder / MODEL_FILE), providers=["CPUExecutionProvider"]
+        )
         self.input_name = self.session.get_inputs()[0].name
         size, channels = self.info["image_size"], self.info["channels"]
-        self.session.run(None, {self.input_name: np.zeros((1, channels, size, size), np.float32)})  # warm-up
+        self.session.run(
+            None, {self.input_name: np.zeros((1, channels, size, size), np.float32)}
+        )  # warm-up
 
     def preprocess(self, data: bytes) -> tuple[np.ndarray, bool]:
         """Image bytes -> a normalized ``(1, C, H, W)`` float32 batch, and whether it was inverted.
@@ -201,7 +233,9 @@ class Classifier:
             raise BadImageError(f"this is not an image file Pillow can read ({error})") from error
         image = ImageOps.exif_transpose(image)  # phone photos store their rotation separately
         if image.mode in ("RGBA", "LA", "P"):  # transparent pixels count as white paper
-            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+            image = Image.alpha_composite(
+                Image.new("RGBA", image.size, "white"), image.convert("RGBA")
+            )
         channels, size = self.info["channels"], self.info["image_size"]
         image = image.convert("L" if channels == 1 else "RGB")
         inverted = False
@@ -210,9 +244,16 @@ class Classifier:
             border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
             if border.mean() > 127:
                 image, inverted = ImageOps.invert(image), True
-        image = ImageOps.pad(image, (size, size), color=0)  # keep the aspect ratio, pad with background
-        x = np.asarray(image, dtype=np.float32).reshape(size, size, channels).transpose(2, 0, 1) / 255
-        x = (x - np.reshape(self.info["mean"], (-1, 1, 1))) / np.reshape(self.info["std"], (-1, 1, 1))
+        image = ImageOps.pad(
+            image, (size, size), color=0
+        )  # keep the aspect ratio, pad with background
+        x = (
+            np.asarray(image, dtype=np.float32).reshape(size, size, channels).transpose(2, 0, 1)
+            / 255
+        )
+        x = (x - np.reshape(self.info["mean"], (-1, 1, 1))) / np.reshape(
+            self.info["std"], (-1, 1, 1)
+        )
         return x[None].astype(np.float32), inverted
 
     def predict(self, data: bytes, top: int = 3) -> dict[str, Any]:
@@ -224,9 +265,16 @@ class Classifier:
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
         order = np.argsort(-probabilities)[:top]
-        top_classes = [{"label": self.classes[i], "probability": float(probabilities[i])} for i in order]
-        return {**top_classes[0], "index": int(order[0]), "top": top_classes, "milliseconds": milliseconds,
-                "inverted": inverted}
+        top_classes = [
+            {"label": self.classes[i], "probability": float(probabilities[i])} for i in order
+        ]
+        return {
+            **top_classes[0],
+            "index": int(order[0]),
+            "top": top_classes,
+            "milliseconds": milliseconds,
+            "inverted": inverted,
+        }
 
 
 # --------------------------------------------------------------------------------------
@@ -244,7 +292,9 @@ def create_app(classifier: Classifier):
     from fastapi.responses import FileResponse, HTMLResponse
     from starlette.concurrency import run_in_threadpool
 
-    app = FastAPI(title="pdl demo app", docs_url=None, redoc_url=None)  # the docs pages load from a CDN
+    app = FastAPI(
+        title="pdl demo app", docs_url=None, redoc_url=None
+    )  # the docs pages load from a CDN
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -252,7 +302,10 @@ def create_app(classifier: Classifier):
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        return {key: classifier.info.get(key) for key in ("classes", "image_size", "channels", "examples", "description")}
+        return {
+            key: classifier.info.get(key)
+            for key in ("classes", "image_size", "channels", "examples", "description")
+        }
 
     @app.get("/api/examples/{name}")
     def example(name: str) -> FileResponse:
@@ -263,7 +316,9 @@ def create_app(classifier: Classifier):
     @app.post("/api/predict")
     async def predict(request: Request) -> dict[str, Any]:
         if int(request.headers.get("content-length") or 0) > MAX_UPLOAD_BYTES:
-            raise HTTPException(status_code=413, detail=f"the image is larger than {MAX_UPLOAD_BYTES >> 20} MB")
+            raise HTTPException(
+                status_code=413, detail=f"the image is larger than {MAX_UPLOAD_BYTES >> 20} MB"
+            )
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
             upload = form.get("file")
@@ -271,7 +326,9 @@ def create_app(classifier: Classifier):
         else:
             data = await request.body()
         if not data:
-            raise HTTPException(status_code=400, detail="send an image: the request body, or a form field 'file'")
+            raise HTTPException(
+                status_code=400, detail="send an image: the request body, or a form field 'file'"
+            )
         try:  # ONNX Runtime works on the CPU: run it beside the event loop, not in it
             return await run_in_threadpool(classifier.predict, data)
         except BadImageError as error:
@@ -292,7 +349,9 @@ def running_app(folder: str | os.PathLike, host: str = "127.0.0.1", port: int = 
     """
     import uvicorn
 
-    config = uvicorn.Config(create_app(Classifier(folder)), host=host, port=port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(Classifier(folder)), host=host, port=port, log_level="warning"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="pdl-app", daemon=True)
     thread.start()
@@ -343,17 +402,40 @@ def train_and_export(
     x_train, y_train = pdl.data.fashion_mnist_tensors("train", limit=train_images)
     x_test, y_test = pdl.data.fashion_mnist_tensors("test", limit=test_images)
     model = pdl.models.ExamplesCNN(channels=channels, hidden=hidden)
-    loader = pdl.data.tensor_loader(x_train, y_train, batch_size=128, shuffle=True,
-                                    generator=torch.Generator().manual_seed(seed))
-    history = pdl.fit(model, loader, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters()),
-                      epochs=epochs, device="cpu", progress=progress)
+    loader = pdl.data.tensor_loader(
+        x_train,
+        y_train,
+        batch_size=128,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    history = pdl.fit(
+        model,
+        loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.Adam(model.parameters()),
+        epochs=epochs,
+        device="cpu",
+        progress=progress,
+    )
     outputs, _ = pdl.predict(model, x_test, device="cpu")
     accuracy = pdl.metrics.accuracy(outputs, y_test)
-    picks = [int((y_test == c).nonzero()[0]) for c in range(len(FASHION_MNIST_CLASSES))]  # one per class
-    description = (f"ExamplesCNN(channels={tuple(channels)}, hidden={hidden}), {epochs} epoch(s) on "
-                   f"{len(x_train):,} Fashion-MNIST images; test accuracy {accuracy:.3f} on {len(x_test):,} images")
-    export_for_app(model, folder, class_names=FASHION_MNIST_CLASSES, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
-                   examples=(x_test[picks], y_test[picks]), description=description)
+    picks = [
+        int((y_test == c).nonzero()[0]) for c in range(len(FASHION_MNIST_CLASSES))
+    ]  # one per class
+    description = (
+        f"ExamplesCNN(channels={tuple(channels)}, hidden={hidden}), {epochs} epoch(s) on "
+        f"{len(x_train):,} Fashion-MNIST images; test accuracy {accuracy:.3f} on {len(x_test):,} images"
+    )
+    export_for_app(
+        model,
+        folder,
+        class_names=FASHION_MNIST_CLASSES,
+        mean=FASHION_MNIST_MEAN,
+        std=FASHION_MNIST_STD,
+        examples=(x_test[picks], y_test[picks]),
+        description=description,
+    )
     if progress:
         print(f"Trained in {sum(history['seconds']):.0f} s and exported to {folder}: {description}")
     return json.loads((Path(folder) / INFO_FILE).read_text(encoding="utf-8"))
@@ -361,10 +443,23 @@ def train_and_export(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``python -m pdl serve``."""
-    parser.add_argument("--model", type=Path, default=DEFAULT_FOLDER, help="folder export_for_app wrote (default: %(default)s)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_FOLDER,
+        help="folder export_for_app wrote (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s, this machine only)",
+    )
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    parser.add_argument("--train-if-missing", action="store_true", help="without a model, train and export a small one first")
+    parser.add_argument(
+        "--train-if-missing",
+        action="store_true",
+        help="without a model, train and export a small one first",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -374,22 +469,34 @@ def main(args: argparse.Namespace) -> int:
     folder = args.model
     if not (folder / MODEL_FILE).is_file():
         if not args.train_if_missing:
-            print(f"No exported model in {folder}. Run notebook 08 (it exports one there), or add "
-                  "--train-if-missing to train a small one first.", file=sys.stderr)
+            print(
+                f"No exported model in {folder}. Run notebook 08 (it exports one there), or add "
+                "--train-if-missing to train a small one first.",
+                file=sys.stderr,
+            )
             return 2
-        print(f"No exported model in {folder}: training one first (lecture 05's CNN, one epoch on {DEMO_TRAIN_IMAGES:,} "
-              "Fashion-MNIST images; about a minute on a laptop CPU). Notebook 08 exports a better one.")
+        print(
+            f"No exported model in {folder}: training one first (lecture 05's CNN, one epoch on {DEMO_TRAIN_IMAGES:,} "
+            "Fashion-MNIST images; about a minute on a laptop CPU). Notebook 08 exports a better one."
+        )
         train_and_export(folder)
-    with socket.socket() as probe:  # a clear message instead of uvicorn's bare "address already in use"
+    with (
+        socket.socket() as probe
+    ):  # a clear message instead of uvicorn's bare "address already in use"
         try:
             probe.bind((args.host, args.port))
         except OSError as error:
-            print(f"Cannot listen on {args.host}:{args.port} ({error.strerror}): is the app already running? "
-                  "Choose another port with --port.", file=sys.stderr)
+            print(
+                f"Cannot listen on {args.host}:{args.port} ({error.strerror}): is the app already running? "
+                "Choose another port with --port.",
+                file=sys.stderr,
+            )
             return 1
     classifier = Classifier(folder)
-    print(f"Serving {classifier.info['description']}\n  from {folder.resolve()}\n"
-          f"  open http://{args.host}:{args.port} in a browser (Ctrl-C stops the app)")
+    print(
+        f"Serving {classifier.info['description']}\n  from {folder.resolve()}\n"
+        f"  open http://{args.host}:{args.port} in a browser (Ctrl-C stops the app)"
+    )
     uvicorn.run(create_app(classifier), host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -65,7 +65,9 @@ def data_root() -> Path:
             cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
             root = cache / "pdl" / "data"
     if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"the data root {root} is a file, not a folder: point {DATA_ROOT_ENV} at a folder")
+        raise NotADirectoryError(
+            f"the data root {root} is a file, not a folder: point {DATA_ROOT_ENV} at a folder"
+        )
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
 
@@ -209,7 +211,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_files(resource: Resource, base: Path, names: Sequence[str] | None = None) -> dict[str, str]:
+def check_files(
+    resource: Resource, base: Path, names: Sequence[str] | None = None
+) -> dict[str, str]:
     """What is wrong with ``resource``'s own files under ``base``: relative path -> problem.
 
     An empty dict means every file of the manifest (or of ``names``) is there and intact.
@@ -262,7 +266,11 @@ def extra_files(resource: Resource, base: Path) -> list[str]:
 
 
 def _few(problems: Mapping[str, str] | Sequence[str], limit: int = 3) -> str:
-    items = [f"{k} ({v})" for k, v in problems.items()] if isinstance(problems, Mapping) else list(problems)
+    items = (
+        [f"{k} ({v})" for k, v in problems.items()]
+        if isinstance(problems, Mapping)
+        else list(problems)
+    )
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
@@ -315,8 +323,16 @@ def ensure_with_source(name: str, *, quiet: bool = True) -> tuple[Path, str]:
         existed = len(problems) < len(resource.files)  # some files were there: this is a repair
         mirror = mirror_dir()
         if mirror is not None and not check_files(resource, mirror, list(problems)):
-            _say(quiet, f"{name}: copying {len(problems)} file(s) from the mirror {mirror / resource.path}")
-            _install(resource, root, list(problems), lambda tmp: _copy_from_mirror(resource, mirror, tmp, problems))
+            _say(
+                quiet,
+                f"{name}: copying {len(problems)} file(s) from the mirror {mirror / resource.path}",
+            )
+            _install(
+                resource,
+                root,
+                list(problems),
+                lambda tmp: _copy_from_mirror(resource, mirror, tmp, problems),
+            )
             source = "mirror"
         elif _can_download(resource):
             _say(quiet, f"{name}: downloading from {resource.url or _FASHION_MNIST_URL}")
@@ -326,15 +342,21 @@ def ensure_with_source(name: str, *, quiet: bool = True) -> tuple[Path, str]:
             raise DatasetNotFoundError(_not_found_message(resource, root, mirror, problems))
         still_wrong = check_files(resource, root, list(problems))
         if still_wrong:
-            raise DatasetCorruptError(f"{name}: after copying from the {source}, files are still wrong: {_few(still_wrong)}")
+            raise DatasetCorruptError(
+                f"{name}: after copying from the {source}, files are still wrong: {_few(still_wrong)}"
+            )
         if existed:
             print(_repair_message(resource, root, source, problems))
     _verified[key] = root / resource.path
     return _verified[key], source
 
 
-def _repair_message(resource: Resource, root: Path, source: str, repaired: Mapping[str, str]) -> str:
-    where = {"mirror": f"from the mirror {mirror_dir()}", "download": "by downloading them again"}[source]
+def _repair_message(
+    resource: Resource, root: Path, source: str, repaired: Mapping[str, str]
+) -> str:
+    where = {"mirror": f"from the mirror {mirror_dir()}", "download": "by downloading them again"}[
+        source
+    ]
     lines = [
         f"{resource.name}: repaired {len(repaired)} of {len(resource.files)} files in {root / resource.path} "
         f"{where}: {_few(repaired)}."
@@ -357,7 +379,9 @@ def _can_download(resource: Resource) -> bool:
     return not offline() and bool(resource.url or resource.file_urls)
 
 
-def _not_found_message(resource: Resource, root: Path, mirror: Path | None, problems: Mapping[str, str]) -> str:
+def _not_found_message(
+    resource: Resource, root: Path, mirror: Path | None, problems: Mapping[str, str]
+) -> str:
     lines = [f"Dataset {resource.name!r} ({resource.description}) is not available."]
     if len(problems) < len(resource.files):
         lines.append(f"- The copy in the data root is incomplete or damaged: {_few(problems)}.")
@@ -369,7 +393,9 @@ def _not_found_message(resource: Resource, root: Path, mirror: Path | None, prob
         lines.append(f"- Not (intact) in the mirror: {mirror / resource.path}")
     if resource.url or resource.file_urls:
         urls = [resource.url] if resource.url else list(resource.file_urls.values())
-        why = f"{OFFLINE_ENV} is set" if offline() else "the download failed"  # PDL_OFFLINE=0 is not offline
+        why = (
+            f"{OFFLINE_ENV} is set" if offline() else "the download failed"
+        )  # PDL_OFFLINE=0 is not offline
         lines.append(f"- Not downloaded ({why}). Official URL(s): {', '.join(urls)}")
     if resource.note:
         lines.append(f"- {resource.note}")
@@ -382,7 +408,9 @@ def _not_found_message(resource: Resource, root: Path, mirror: Path | None, prob
     return "\n".join(lines)
 
 
-def _install(resource: Resource, root: Path, names: list[str], fill: Callable[[Path], None]) -> None:
+def _install(
+    resource: Resource, root: Path, names: list[str], fill: Callable[[Path], None]
+) -> None:
     """Let ``fill(tmp)`` lay the resource out under a temporary folder, then move ``names`` into place.
 
     Files are moved one by one with ``os.replace`` (atomic on one file system), so an
@@ -397,7 +425,9 @@ def _install(resource: Resource, root: Path, names: list[str], fill: Callable[[P
             os.replace(source / name, target / name)
 
 
-def _copy_from_mirror(resource: Resource, mirror: Path, tmp: Path, names: Mapping[str, str]) -> None:
+def _copy_from_mirror(
+    resource: Resource, mirror: Path, tmp: Path, names: Mapping[str, str]
+) -> None:
     for name in names:
         destination = tmp / resource.path / name
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -420,7 +450,9 @@ def _download(resource: Resource, tmp: Path) -> None:
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(tmp)
     except (urllib.error.URLError, OSError, zipfile.BadZipFile) as error:
-        message = _not_found_message(resource, data_root(), mirror_dir(), dict.fromkeys(resource.files, "missing"))
+        message = _not_found_message(
+            resource, data_root(), mirror_dir(), dict.fromkeys(resource.files, "missing")
+        )
         raise DatasetNotFoundError(f"{message}\nThe download failed: {error}") from None
 
 

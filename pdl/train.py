@@ -107,12 +107,18 @@ def train_one_epoch(
     """
     device = _resolve_device(model, device)
     policy = policy or precision_policy(device, "fp32")
-    scaler = scaler or policy.make_scaler()  # disabled unless fp16: then it passes everything through
+    scaler = (
+        scaler or policy.make_scaler()
+    )  # disabled unless fp16: then it passes everything through
     check_training_arguments(model, loss_fn, optimizer, grad_clip, accumulate_steps)
     model.train()
     if metrics is not None:
         metrics.reset()
-    loss_sum, sample_count, skipped_steps = 0.0, 0, 0  # plain local totals, easy to add up across processes
+    loss_sum, sample_count, skipped_steps = (
+        0.0,
+        0,
+        0,
+    )  # plain local totals, easy to add up across processes
     n_batches = _len_or_none(loader)
     # The bar is updated by hand instead of wrapping the loader: tqdm.auto's async-friendly
     # class calls iter(loader) once more when it wraps one, which would draw an extra shuffle
@@ -128,7 +134,9 @@ def train_one_epoch(
                 outputs, loss = forward_with_diagnostics(model, loss_fn, inputs, targets, metrics)
             else:
                 outputs = model(inputs)  # 1. forward
-                check_class_indices(outputs, targets, loss_fn)  # cheap: a bad label in batch 500 is caught too
+                check_class_indices(
+                    outputs, targets, loss_fn
+                )  # cheap: a bad label in batch 500 is caught too
                 loss = loss_fn(outputs, targets)  # 2. loss
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -140,7 +148,9 @@ def train_one_epoch(
         # with fp16 the scaler multiplies the loss first so that small gradients do not underflow.
         scaler.scale(loss / accumulate_steps).backward()
         if step % accumulate_steps == 0:
-            skipped_steps += _optimizer_step(model, optimizer, scaler, grad_clip, step_scheduler)  # 5. step
+            skipped_steps += _optimizer_step(
+                model, optimizer, scaler, grad_clip, step_scheduler
+            )  # 5. step
 
         batch_size = len(targets)
         loss_sum += loss_value * batch_size
@@ -158,8 +168,12 @@ def train_one_epoch(
         # The last batches did not fill a group of accumulate_steps: step with what they added.
         skipped_steps += _optimizer_step(model, optimizer, scaler, grad_clip, step_scheduler)
     optimizer.zero_grad(set_to_none=True)  # free the gradients' memory until the next epoch
-    loss_sum, sample_count = distributed.sum_over_ranks(loss_sum, sample_count)  # distributed: all ranks
-    distributed.broadcast_buffers(model)  # distributed: every rank evaluates rank 0's BatchNorm statistics
+    loss_sum, sample_count = distributed.sum_over_ranks(
+        loss_sum, sample_count
+    )  # distributed: all ranks
+    distributed.broadcast_buffers(
+        model
+    )  # distributed: every rank evaluates rank 0's BatchNorm statistics
     results = {"loss": loss_sum / sample_count}
     if metrics is not None:
         results.update(compute_metrics(metrics))
@@ -177,7 +191,9 @@ def _optimizer_step(
 ) -> int:
     """Clip, step through the scaler, step a per-step scheduler; return 1 if fp16 skipped the step."""
     if grad_clip is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones (no-op without fp16)
+        scaler.unscale_(
+            optimizer
+        )  # clip the true gradients, not the scaled ones (no-op without fp16)
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scale_before = scaler.get_scale()
     scaler.step(optimizer)  # fp16: skipped if any gradient is inf/NaN ...
@@ -226,7 +242,9 @@ def evaluate(
             inputs, targets = split_batch(batch, device)
             with torch.autocast(device.type, dtype=policy.dtype, enabled=policy.enabled):
                 if step == 1:  # first-batch diagnostics, as in train_one_epoch
-                    outputs, loss = forward_with_diagnostics(model, loss_fn, inputs, targets, metrics)
+                    outputs, loss = forward_with_diagnostics(
+                        model, loss_fn, inputs, targets, metrics
+                    )
                 else:
                     outputs = model(inputs)
                     check_class_indices(outputs, targets, loss_fn)
@@ -240,7 +258,9 @@ def evaluate(
         bar.close()
     if step == 0:
         raise no_batches_error("the evaluation loader", 1)
-    loss_sum, sample_count = distributed.sum_over_ranks(loss_sum, sample_count)  # distributed: all ranks
+    loss_sum, sample_count = distributed.sum_over_ranks(
+        loss_sum, sample_count
+    )  # distributed: all ranks
     results = {}
     if loss_fn is not None:
         results["loss"] = loss_sum / sample_count
@@ -286,7 +306,9 @@ def predict(
                 inputs, batch_targets = split_batch(batch, device)
                 targets.append(batch_targets.cpu())
             elif isinstance(batch, (tuple, list)) and len(batch) == 1:
-                inputs = to_device(batch[0], device)  # DataLoader(TensorDataset(x)) yields one-element lists
+                inputs = to_device(
+                    batch[0], device
+                )  # DataLoader(TensorDataset(x)) yields one-element lists
             else:
                 inputs = to_device(batch, device)
             outputs.append(model(inputs).float().cpu())
@@ -383,7 +405,9 @@ def fit(
     columns = run_columns(train_metrics, val_loader is not None, optimizer, scaler.is_enabled())
     best = Monitor.choose(monitor, mode, columns, train_metrics)
     check_plateau_mode(scheduler, best.column, best.mode)
-    requested_lrs = requested_learning_rates(optimizer)  # what this run asks for, before any training
+    requested_lrs = requested_learning_rates(
+        optimizer
+    )  # what this run asks for, before any training
     generator = loader_generator(train_loader)  # its state goes into every checkpoint
     if not distributed.is_main_process():  # distributed: only rank 0 prints, logs and writes files
         progress, live_plot, log_dir, checkpoint_dir = False, False, None, None
@@ -417,7 +441,9 @@ def fit(
         for epoch in range(start_epoch, epochs + 1):
             started = time.perf_counter()
             rates = learning_rates(optimizer)  # the rates this epoch starts with
-            distributed.set_epoch(train_loader, epoch)  # distributed: a new shuffle, the same on every rank
+            distributed.set_epoch(
+                train_loader, epoch
+            )  # distributed: a new shuffle, the same on every rank
             train = train_one_epoch(
                 trained_model, train_loader, loss_fn, optimizer,
                 device=device, policy=policy, scaler=scaler, metrics=train_metrics,
@@ -427,11 +453,15 @@ def fit(
             )  # fmt: skip
             row: dict[str, float] = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}}
             if val_loader is not None:
-                val = evaluate(model, val_loader, loss_fn, device=device, metrics=val_metrics, policy=policy)
+                val = evaluate(
+                    model, val_loader, loss_fn, device=device, metrics=val_metrics, policy=policy
+                )
                 check_validation_loss(val, epoch, train["loss"])
                 row.update({f"val_{k}": v for k, v in val.items()})
             row.update(rates)
-            row["seconds"] = distributed.max_over_ranks(time.perf_counter() - started)  # distributed: slowest rank
+            row["seconds"] = distributed.max_over_ranks(
+                time.perf_counter() - started
+            )  # distributed: slowest rank
             history.rows.append(row)
             improved = best.update(row)
             if scheduler is not None and scheduler_interval == "epoch":
@@ -464,14 +494,18 @@ def fit(
         distributed.barrier()  # distributed: return once rank 0 has written its checkpoints
     except KeyboardInterrupt:
         history.interrupted = True
-        distributed.leave(created_group)  # distributed: the ranks are out of step: let the others stop
+        distributed.leave(
+            created_group
+        )  # distributed: the ranks are out of step: let the others stop
         print(
             f"Interrupted during epoch {epoch}: returning the history of {len(history)} finished "
             "epochs. The model keeps its current weights"
             + (f"; checkpoints in {checkpoint_dir} are intact." if checkpoint_dir else ".")
         )
     except BaseException:
-        distributed.leave(created_group)  # distributed: an error must not leave the other ranks waiting
+        distributed.leave(
+            created_group
+        )  # distributed: an error must not leave the other ranks waiting
         raise
     finally:
         if writer is not None:

@@ -48,7 +48,6 @@ def _under(key: str, prefix: str) -> bool:
     return prefix == "" or key == prefix or key.startswith(prefix + ".")
 
 
-
 # --------------------------------------------------------------------------------------
 # The head
 # --------------------------------------------------------------------------------------
@@ -84,7 +83,9 @@ def head_path(model: nn.Module) -> str:
     head = model.get_submodule(name)
     linears = [n for n, m in head.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError(f"the head {name!r} of this {type(model).__name__} has no nn.Linear layer to replace")
+        raise ValueError(
+            f"the head {name!r} of this {type(model).__name__} has no nn.Linear layer to replace"
+        )
     return f"{name}.{linears[-1]}" if linears[-1] else name
 
 
@@ -144,7 +145,9 @@ def count_parameters(model: nn.Module) -> ParameterCount:
         20 of 22 parameters trainable (90.91%)
     """
     parameters = list(model.parameters())  # .parameters() yields a shared tensor once
-    return ParameterCount(sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters))
+    return ParameterCount(
+        sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
+    )
 
 
 def _resolve(model: nn.Module, name: str) -> str:
@@ -155,7 +158,9 @@ def _resolve(model: nn.Module, name: str) -> str:
         model.get_submodule(name)
     except AttributeError:
         children = ", ".join(n for n, _ in model.named_children())
-        raise ValueError(f"{type(model).__name__} has no module {name!r} (its children: {children})") from None
+        raise ValueError(
+            f"{type(model).__name__} has no module {name!r} (its children: {children})"
+        ) from None
     return name
 
 
@@ -234,7 +239,9 @@ def train_from(model: nn.Module, stage: str) -> ParameterCount:
     named = list(model.named_parameters())
     start = next((i for i, (key, _) in enumerate(named) if _under(key, stage)), None)
     if start is None:
-        raise ValueError(f"module {stage!r} has no parameters to train")  # raised before anything changes
+        raise ValueError(
+            f"module {stage!r} has no parameters to train"
+        )  # raised before anything changes
     for index, (_, parameter) in enumerate(named):
         parameter.requires_grad_(index >= start)
     _sync_batchnorm(model)
@@ -261,7 +268,11 @@ def stages(model: nn.Module) -> list[str]:
         if name == head or next(child.parameters(), None) is None:
             continue
         if name == "features" and isinstance(child, nn.Sequential):
-            names += [f"features.{n}" for n, block in child.named_children() if next(block.parameters(), None) is not None]
+            names += [
+                f"features.{n}"
+                for n, block in child.named_children()
+                if next(block.parameters(), None) is not None
+            ]
         else:
             names.append(name)
     return names
@@ -296,7 +307,11 @@ class EvalModeBatchNorm3d(_StaysInEvalMode, nn.BatchNorm3d):
     """An ``nn.BatchNorm3d`` that always runs in eval mode: what ``freeze`` makes of a frozen one."""
 
 
-_EVAL_MODE = {nn.BatchNorm1d: EvalModeBatchNorm1d, nn.BatchNorm2d: EvalModeBatchNorm2d, nn.BatchNorm3d: EvalModeBatchNorm3d}
+_EVAL_MODE = {
+    nn.BatchNorm1d: EvalModeBatchNorm1d,
+    nn.BatchNorm2d: EvalModeBatchNorm2d,
+    nn.BatchNorm3d: EvalModeBatchNorm3d,
+}
 _TRAINABLE = {frozen: plain for plain, frozen in _EVAL_MODE.items()}
 
 
@@ -325,7 +340,9 @@ def _swap(model: nn.Module, name: str, layer: nn.Module, new_class: type) -> nn.
     The same tensors, not copies (as ``nn.SyncBatchNorm.convert_sync_batchnorm`` does it):
     an optimizer built earlier still holds the right parameters, and the state_dict is unchanged.
     """
-    new = new_class(layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats)
+    new = new_class(
+        layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats
+    )
     new.weight, new.bias = layer.weight, layer.bias
     for buffer in ("running_mean", "running_var", "num_batches_tracked"):
         setattr(new, buffer, getattr(layer, buffer))
@@ -374,9 +391,15 @@ def param_groups(
             f"{len(rest)} trainable parameters belong to none of {list(resolved)} "
             f"(e.g. {', '.join(key for key, _ in rest[:3])}): pass rest_lr=... or freeze them"
         )
-    groups = [{"params": params, "lr": resolved[name], "name": name} for name, params in buckets.items() if params]
+    groups = [
+        {"params": params, "lr": resolved[name], "name": name}
+        for name, params in buckets.items()
+        if params
+    ]
     if rest:
-        groups.append({"params": [parameter for _, parameter in rest], "lr": rest_lr, "name": "rest"})
+        groups.append(
+            {"params": [parameter for _, parameter in rest], "lr": rest_lr, "name": "rest"}
+        )
     return groups
 
 
@@ -396,4 +419,3 @@ def layerwise_lrs(model: nn.Module, head_lr: float, factor: float = 0.5) -> dict
     for depth, stage in enumerate(reversed(stages(model)), start=1):
         rates[stage] = head_lr * factor**depth
     return rates
-

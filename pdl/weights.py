@@ -67,7 +67,6 @@ class WeightsFileError(ValueError):
     """A weights file cannot be read, or does not fit the model beyond its head."""
 
 
-
 # --------------------------------------------------------------------------------------
 # Weights: which ones, and where the file is
 # --------------------------------------------------------------------------------------
@@ -94,7 +93,9 @@ def resolve_weights(backbone: str, weights: Any) -> WeightsEnum | Path | None:
     if isinstance(weights, os.PathLike):
         return _existing_file(Path(weights))
     if not isinstance(weights, str):
-        raise TypeError(f"weights must be None, a torchvision weights enum, a name or a path; got {type(weights).__name__}")
+        raise TypeError(
+            f"weights must be None, a torchvision weights enum, a name or a path; got {type(weights).__name__}"
+        )
     if weights.startswith(DATA_PREFIX):
         return _data_file(weights.removeprefix(DATA_PREFIX))
     if "/" in weights or os.sep in weights or weights.endswith((".pth", ".pt")):
@@ -111,7 +112,9 @@ def resolve_weights(backbone: str, weights: Any) -> WeightsEnum | Path | None:
         return available[weights]  # "DEFAULT", "IMAGENET1K_V1", ...
     except KeyError:
         names = ", ".join(dict.fromkeys(["DEFAULT", *available.__members__]))
-        raise ValueError(f"{backbone!r} has no weights {weights!r}; choose one of: {names}") from None
+        raise ValueError(
+            f"{backbone!r} has no weights {weights!r}; choose one of: {names}"
+        ) from None
 
 
 def _weights_class(backbone: str) -> type[WeightsEnum]:
@@ -182,8 +185,9 @@ def hub_checkpoint_path(weights: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
 
 
-
-def load_hub_weights(weights: WeightsEnum, backbone: str, *, progress: bool = True) -> dict[str, torch.Tensor]:
+def load_hub_weights(
+    weights: WeightsEnum, backbone: str, *, progress: bool = True
+) -> dict[str, torch.Tensor]:
     """The state_dict of torchvision ``weights``, from the torch hub cache (downloaded there once).
 
     torch.hub's own ``load_state_dict_from_url`` (through the weights API's
@@ -203,7 +207,9 @@ def load_hub_weights(weights: WeightsEnum, backbone: str, *, progress: bool = Tr
     """
     path = hub_checkpoint_path(weights)
     if not path.is_file() and store.offline():
-        raise WeightsNotAvailableError(_weights_missing_message(weights, backbone, path, f"{store.OFFLINE_ENV} is set"))
+        raise WeightsNotAvailableError(
+            _weights_missing_message(weights, backbone, path, f"{store.OFFLINE_ENV} is set")
+        )
     try:
         return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
     except Exception as error:
@@ -217,8 +223,12 @@ def load_hub_weights(weights: WeightsEnum, backbone: str, *, progress: bool = Tr
 
 
 def _hub_error(weights: WeightsEnum, backbone: str, path: Path, error: Exception) -> Exception:
-    if not path.is_file():  # nothing arrived: the download failed (a hash mismatch leaves no file either)
-        return WeightsNotAvailableError(_weights_missing_message(weights, backbone, path, f"the download failed: {error}"))
+    if (
+        not path.is_file()
+    ):  # nothing arrived: the download failed (a hash mismatch leaves no file either)
+        return WeightsNotAvailableError(
+            _weights_missing_message(weights, backbone, path, f"the download failed: {error}")
+        )
     # torch's own text is left out: for a file it cannot unpickle it suggests weights_only=False.
     return WeightsFileError(
         f"Could not read {path} ({path.stat().st_size} bytes) in the torch hub cache: it is truncated or "
@@ -254,9 +264,13 @@ class LoadReport(NamedTuple):
     def __str__(self) -> str:
         parts = [f"loaded {self.loaded} tensors from {self.path.name}"]
         if self.missing:
-            parts.append(f"not in the file (the head, left as initialised): {', '.join(self.missing)}")
+            parts.append(
+                f"not in the file (the head, left as initialised): {', '.join(self.missing)}"
+            )
         if self.unexpected:
-            parts.append(f"ignored (head keys the model does not have): {', '.join(self.unexpected)}")
+            parts.append(
+                f"ignored (head keys the model does not have): {', '.join(self.unexpected)}"
+            )
         if self.mismatched:
             parts.append(f"ignored (head of another shape): {', '.join(self.mismatched)}")
         return "; ".join(parts)
@@ -347,13 +361,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         # Torch could not read the file, or it holds something other than a dict (e.g. a list
         # of tensors).
         size = path.stat().st_size
-        raise WeightsFileError(f"{path.name} ({size} bytes) is not a readable weights file: {error}") from None
+        raise WeightsFileError(
+            f"{path.name} ({size} bytes) is not a readable weights file: {error}"
+        ) from None
     for key in ("model", "state_dict"):  # a training checkpoint that holds a state_dict
         if isinstance(state.get(key), Mapping):
             state = state[key]
             break
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsFileError(f"{path} holds a dict with keys {list(state)[:5]}, not a state_dict (a dict of parameter name -> tensor)")
+        raise WeightsFileError(
+            f"{path} holds a dict with keys {list(state)[:5]}, not a state_dict (a dict of parameter name -> tensor)"
+        )
     return dict(state)
 
 
@@ -363,9 +381,13 @@ def _summarize_keys(missing, unexpected, mismatched, own, state) -> str:
 
     parts = []
     if missing:
-        parts.append(f"{len(missing)} of the model's {len(own)} keys are missing from the file ({few(missing)})")
+        parts.append(
+            f"{len(missing)} of the model's {len(own)} keys are missing from the file ({few(missing)})"
+        )
     if unexpected:
-        parts.append(f"{len(unexpected)} of the file's {len(state)} keys are unknown to the model ({few(unexpected)})")
+        parts.append(
+            f"{len(unexpected)} of the file's {len(state)} keys are unknown to the model ({few(unexpected)})"
+        )
     if mismatched:
         shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3]]
         parts.append(f"{len(mismatched)} keys have other shapes ({', '.join(shapes)})")
@@ -387,7 +409,9 @@ class Preprocessing(NamedTuple):
     image_size: int
 
 
-def preprocessing(backbone: str, weights: Any = None, image_size: int | None = None) -> Preprocessing:
+def preprocessing(
+    backbone: str, weights: Any = None, image_size: int | None = None
+) -> Preprocessing:
     """The transforms that match ``weights``: their own resize, crop, interpolation and normalisation.
 
     torchvision weights carry their evaluation preset (``weights.transforms()``); its numbers

@@ -8,8 +8,13 @@ from torch import nn
 from pdl.weights import build_backbone
 
 ARCHS = ["resnet18", "mobilenet_v2"]
-MIRROR_WEIGHTS = "data:weights/mobilenet_v2_imagenet_features.pth"  # the offline mirror's ImageNet features
-HEAD_SIZES = {"resnet18": (512, "fc"), "mobilenet_v2": (1280, "classifier")}  # features into the head, its name
+MIRROR_WEIGHTS = (
+    "data:weights/mobilenet_v2_imagenet_features.pth"  # the offline mirror's ImageNet features
+)
+HEAD_SIZES = {
+    "resnet18": (512, "fc"),
+    "mobilenet_v2": (1280, "classifier"),
+}  # features into the head, its name
 
 
 def make(arch: str, num_classes: int | None = 2) -> nn.Module:

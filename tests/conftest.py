@@ -41,7 +41,9 @@ def failing(capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
     def check_fails(check: Callable, fn: object, *expected_fragments: str) -> str:
         assert check(fn) is False
         out = capsys.readouterr().out
-        assert out.startswith(("\u274c", "\u2b1c")), out  # a red cross (failed) or a white square (not attempted)
+        assert out.startswith(("\u274c", "\u2b1c")), (
+            out
+        )  # a red cross (failed) or a white square (not attempted)
         for fragment in expected_fragments:
             assert fragment in out, out
         return out
@@ -50,7 +52,9 @@ def failing(capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
 
 
 @pytest.fixture
-def leaves_global_rng_alone(capsys: pytest.CaptureFixture[str]) -> Callable[[Callable, object], None]:
+def leaves_global_rng_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> Callable[[Callable, object], None]:
     """``leaves_global_rng_alone(check, fn)``: assert that running ``check(fn)`` keeps torch's global random state.
 
     A check must not change what the notebook's next ``torch.randn`` returns.
@@ -61,6 +65,8 @@ def leaves_global_rng_alone(capsys: pytest.CaptureFixture[str]) -> Callable[[Cal
         state = torch.random.get_rng_state()
         check(fn)
         capsys.readouterr()
-        assert torch.equal(torch.random.get_rng_state(), state), f"{check.__name__} changed the global random state"
+        assert torch.equal(torch.random.get_rng_state(), state), (
+            f"{check.__name__} changed the global random state"
+        )
 
     return run

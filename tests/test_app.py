@@ -29,7 +29,9 @@ from pdl import serve
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-TEST_IMAGES = 2000  # what train_and_export evaluates on; its examples are the first image of each class
+TEST_IMAGES = (
+    2000  # what train_and_export evaluates on; its examples are the first image of each class
+)
 
 
 @dataclass
@@ -42,8 +44,14 @@ class Known:
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("app") / "model"
-    serve.train_and_export(folder, train_images=2000, channels=(8, 16), hidden=32, test_images=TEST_IMAGES,
-                           progress=False)
+    serve.train_and_export(
+        folder,
+        train_images=2000,
+        channels=(8, 16),
+        hidden=32,
+        test_images=TEST_IMAGES,
+        progress=False,
+    )
     return folder
 
 
@@ -52,15 +60,20 @@ def known(model_folder) -> Known:
     """Of the example images, the one the model gets right with the highest probability."""
     x, y = pdl.data.fashion_mnist_tensors("test", limit=TEST_IMAGES)
     picks = [int((y == c).nonzero()[0]) for c in range(10)]
-    session = onnxruntime.InferenceSession(str(model_folder / serve.MODEL_FILE), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(model_folder / serve.MODEL_FILE), providers=["CPUExecutionProvider"]
+    )
     logits = session.run(None, {"images": x[picks].numpy()})[0]
     probabilities = torch.from_numpy(logits).softmax(1)
     right = [c for c in range(10) if probabilities[c].argmax() == c]
     assert right, "the quickly trained model gets none of the example images right"
     best = max(right, key=lambda c: probabilities[c, c])
     info = json.loads((model_folder / serve.INFO_FILE).read_text())
-    return Known(model_folder / serve.EXAMPLES_DIR / info["examples"][best], info["classes"][best],
-                 float(probabilities[best, best]))
+    return Known(
+        model_folder / serve.EXAMPLES_DIR / info["examples"][best],
+        info["classes"][best],
+        float(probabilities[best, best]),
+    )
 
 
 def free_port() -> int:
@@ -102,7 +115,9 @@ def server(model_folder):
 
 
 def post(url: str, data: bytes, content_type: str = "image/png") -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/api/predict", data=data, headers={"Content-Type": content_type})
+    request = urllib.request.Request(
+        url + "/api/predict", data=data, headers={"Content-Type": content_type}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.load(response)
@@ -122,14 +137,22 @@ def test_the_app_classifies_a_known_image(server, known):
 
 def test_the_app_accepts_a_form_upload_and_a_photo_with_a_light_background(server, known):
     boundary = "pdl-test-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode() + known.path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + known.path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     status, answer = post(server, body, f"multipart/form-data; boundary={boundary}")
     assert (status, answer["label"]) == (200, known.label)
 
     from PIL import Image, ImageOps
 
-    photo = ImageOps.invert(Image.open(known.path).convert("L")).resize((280, 280))  # dark on white, larger
+    photo = ImageOps.invert(Image.open(known.path).convert("L")).resize(
+        (280, 280)
+    )  # dark on white, larger
     png = Path(known.path.parent.parent / "photo.png")
     photo.save(png)
     status, answer = post(server, png.read_bytes())
@@ -157,16 +180,25 @@ def test_serve_without_a_model_says_what_to_do(tmp_path, capsys):
 def chromium(user_data: Path):
     """Headless Chromium through Selenium, with the system's chromedriver (no download)."""
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail(f"the browser test needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium "
-                    "chromium-driver)")
+        pytest.fail(
+            f"the browser test needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium "
+            "chromium-driver)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                 f"--user-data-dir={user_data}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={user_data}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(20)
@@ -189,11 +221,16 @@ def test_the_page_shows_the_prediction_in_chromium(server, known, tmp_path):
         assert prediction.text == known.label
         assert "ms in ONNX Runtime" in driver.find_element(By.ID, "details").text
 
-        others = [b for b in driver.find_elements(By.CSS_SELECTOR, "#examples button")
-                  if b.get_attribute("data-name") != known.path.name]
+        others = [
+            b
+            for b in driver.find_elements(By.CSS_SELECTOR, "#examples button")
+            if b.get_attribute("data-name") != known.path.name
+        ]
         others[0].click()  # another image first, so that the next answer is new
         wait.until(lambda d: prediction.get_attribute("data-state") == "done")
-        driver.find_element(By.CSS_SELECTOR, f'#examples button[data-name="{known.path.name}"]').click()
+        driver.find_element(
+            By.CSS_SELECTOR, f'#examples button[data-name="{known.path.name}"]'
+        ).click()
         wait.until(lambda d: prediction.get_attribute("data-state") == "done")
         assert prediction.text == known.label
         bars = driver.find_elements(By.CSS_SELECTOR, "#top li")

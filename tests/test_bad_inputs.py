@@ -59,10 +59,15 @@ class Env:
             "progress": False, **overrides,
         }  # fmt: skip
         model = arguments.pop("model", self.model)
-        return pdl.fit(model, arguments.pop("train_loader"), arguments.pop("val_loader"), **arguments)
+        return pdl.fit(
+            model, arguments.pop("train_loader"), arguments.pop("val_loader"), **arguments
+        )
 
     def unchanged(self) -> bool:
-        return all(torch.equal(a, b.detach()) for a, b in zip(self.before, self.model.parameters(), strict=True))
+        return all(
+            torch.equal(a, b.detach())
+            for a, b in zip(self.before, self.model.parameters(), strict=True)
+        )
 
     def checkpoint(self, **overrides) -> Path:
         """A last.pt after 2 epochs of the default run (or with ``overrides``)."""
@@ -173,7 +178,14 @@ class Case:
 
 
 def row(name, run, error, words, fix, before_training=False) -> Case:
-    return Case(name, run, error, tuple(words) if isinstance(words, (list, tuple)) else (words,), fix, before_training)
+    return Case(
+        name,
+        run,
+        error,
+        tuple(words) if isinstance(words, (list, tuple)) else (words,),
+        fix,
+        before_training,
+    )
 
 
 SGD = torch.optim.SGD
@@ -314,7 +326,9 @@ def test_a_bad_input_gets_a_clear_error(case: Case, tmp_path, monkeypatch):
     message = str(raised.value.args[0]) if isinstance(raised.value, KeyError) else str(raised.value)
     for words in (*case.words, *([case.fix] if case.fix else [])):
         assert words in message, f"{words!r} not in: {message}"
-    assert "weights_only=False" not in message  # never advise loading a file from elsewhere unsafely
+    assert (
+        "weights_only=False" not in message
+    )  # never advise loading a file from elsewhere unsafely
     assert not (tmp_path / "pwned").exists()  # no pickled code ever ran
     if case.before_training:
         assert env.unchanged(), "the error came after the model had been changed"
@@ -324,7 +338,9 @@ def test_summary_of_the_sweep():
     """At least 80 bad inputs, none silently wrong, at least 90% with a message that says what to do."""
     with_fix = sum(case.fix is not None for case in CASES)
     early = sum(case.before_training for case in CASES)
-    print(f"\nbad-input sweep: {len(CASES)} inputs, {len(CASES)} clear pdl errors (0 silently wrong), "
-          f"{with_fix} ({100 * with_fix / len(CASES):.0f}%) say what to do, {early} refused before any training step")
+    print(
+        f"\nbad-input sweep: {len(CASES)} inputs, {len(CASES)} clear pdl errors (0 silently wrong), "
+        f"{with_fix} ({100 * with_fix / len(CASES):.0f}%) say what to do, {early} refused before any training step"
+    )
     assert len(CASES) >= 80 and len({case.name for case in CASES}) == len(CASES)
     assert with_fix >= 0.9 * len(CASES)

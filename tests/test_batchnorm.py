@@ -42,7 +42,9 @@ def _batch(shape, seed):
     scale = torch.rand(shape[1], generator=generator) * 4 + 0.5
     shift = torch.randn(shape[1], generator=generator) * 3
     x = torch.randn(shape, generator=generator)
-    return x * scale.reshape(1, -1, *[1] * (len(shape) - 2)) + shift.reshape(1, -1, *[1] * (len(shape) - 2))
+    return x * scale.reshape(1, -1, *[1] * (len(shape) - 2)) + shift.reshape(
+        1, -1, *[1] * (len(shape) - 2)
+    )
 
 
 def _forward_backward(layer, x, upstream):
@@ -60,7 +62,11 @@ def test_matches_pytorch_in_train_then_eval_mode(shape, torch_cls, momentum):
     upstream = torch.randn(shape, generator=torch.Generator().manual_seed(99))
     for step in range(4):  # several batches: the running statistics accumulate
         x = _batch(shape, seed=step)
-        for got, expected in zip(_forward_backward(ours, x, upstream), _forward_backward(theirs, x, upstream), strict=True):
+        for got, expected in zip(
+            _forward_backward(ours, x, upstream),
+            _forward_backward(theirs, x, upstream),
+            strict=True,
+        ):
             torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
         torch.testing.assert_close(ours.running_mean, theirs.running_mean, atol=TOL, rtol=TOL)
         torch.testing.assert_close(ours.running_var, theirs.running_var, atol=TOL, rtol=TOL)
@@ -69,7 +75,9 @@ def test_matches_pytorch_in_train_then_eval_mode(shape, torch_cls, momentum):
     ours.eval()
     theirs.eval()
     x = _batch(shape, seed=100)
-    for got, expected in zip(_forward_backward(ours, x, upstream), _forward_backward(theirs, x, upstream), strict=True):
+    for got, expected in zip(
+        _forward_backward(ours, x, upstream), _forward_backward(theirs, x, upstream), strict=True
+    ):
         torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
     # Eval mode reads the running statistics and never changes them.
     torch.testing.assert_close(ours.running_mean, theirs.running_mean, atol=TOL, rtol=TOL)
@@ -95,7 +103,10 @@ def test_eval_mode_output_of_a_sample_does_not_depend_on_its_batch():
     torch.testing.assert_close(alone, in_a_batch)
     # In training mode the same sample's output changes with its neighbours.
     bn.train()
-    assert not torch.allclose(bn(torch.cat([sample, _batch((9, 4), seed=8)]))[:1], bn(torch.cat([sample, _batch((9, 4), seed=9)]))[:1])
+    assert not torch.allclose(
+        bn(torch.cat([sample, _batch((9, 4), seed=8)]))[:1],
+        bn(torch.cat([sample, _batch((9, 4), seed=9)]))[:1],
+    )
 
 
 def test_batch_of_one_raises_in_training_like_pytorch():
@@ -109,7 +120,9 @@ def test_batch_of_one_raises_in_training_like_pytorch():
 def test_gamma_and_beta_can_undo_the_normalization():
     x = _batch((50, 3), seed=1)
     mean, var = batch_norm_statistics(x)
-    torch.testing.assert_close(batch_norm(x, gamma=torch.sqrt(var + 1e-5), beta=mean), x, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(
+        batch_norm(x, gamma=torch.sqrt(var + 1e-5), beta=mean), x, atol=TOL, rtol=TOL
+    )
 
 
 def test_state_dict_has_pytorch_names_and_wrong_shapes_are_explained():
@@ -121,7 +134,12 @@ def test_state_dict_has_pytorch_names_and_wrong_shapes_are_explained():
 def test_without_affine_there_are_no_parameters():
     bn = BatchNorm(3, affine=False)
     assert list(bn.parameters()) == []
-    torch.testing.assert_close(bn(_batch((20, 3), 0)), nn.BatchNorm1d(3, affine=False)(_batch((20, 3), 0)), atol=TOL, rtol=TOL)
+    torch.testing.assert_close(
+        bn(_batch((20, 3), 0)),
+        nn.BatchNorm1d(3, affine=False)(_batch((20, 3), 0)),
+        atol=TOL,
+        rtol=TOL,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -160,7 +178,11 @@ def test_fold_batchnorm_equals_conv_then_bn(conv, bn_cls):
     with torch.no_grad():
         torch.testing.assert_close(folded(x), bn(conv(x)), atol=TOL, rtol=TOL)
     assert isinstance(folded, nn.Conv2d) and folded.bias is not None
-    assert (folded.stride, folded.padding, folded.groups) == (conv.stride, conv.padding, conv.groups)
+    assert (folded.stride, folded.padding, folded.groups) == (
+        conv.stride,
+        conv.padding,
+        conv.groups,
+    )
     for key, value in conv.state_dict().items():  # the original conv is untouched
         assert torch.equal(value, before[key])
 
@@ -187,7 +209,9 @@ def test_fold_batchnorm_into_a_bfloat16_conv_keeps_the_conv_dtype():
     x = torch.randn(2, 3, 8, 8, dtype=torch.bfloat16)
     with torch.no_grad():
         expected = bn(conv(x).float())
-        torch.testing.assert_close(folded(x).float(), expected, atol=0.1, rtol=0.05)  # bfloat16: ~3 digits
+        torch.testing.assert_close(
+            folded(x).float(), expected, atol=0.1, rtol=0.05
+        )  # bfloat16: ~3 digits
 
 
 def test_fold_batchnorm_refuses_what_it_cannot_fold():
@@ -202,7 +226,9 @@ def test_fold_batchnorm_refuses_what_it_cannot_fold():
 def test_fold_batchnorms_folds_a_whole_stack_including_nested_blocks():
     torch.manual_seed(0)
     block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), _trained_bn(8), nn.ReLU())
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), _trained_bn(8), nn.ReLU(), block, nn.Flatten()).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), _trained_bn(8), nn.ReLU(), block, nn.Flatten()
+    ).eval()
     folded = fold_batchnorms(model)
     names = [type(m).__name__ for m in folded]
     assert names == ["Conv2d", "ReLU", "Sequential", "Flatten"]

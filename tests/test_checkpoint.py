@@ -27,7 +27,9 @@ from pdl.checkpoint import (
 
 def test_round_trip_loads_with_plain_weights_only_torch_load(tmp_path):
     model = nn.Linear(3, 2)
-    path = save_checkpoint({"model": model.state_dict(), "epoch": 4, "rng": rng_state()}, tmp_path / "c.pt")
+    path = save_checkpoint(
+        {"model": model.state_dict(), "epoch": 4, "rng": rng_state()}, tmp_path / "c.pt"
+    )
     state = torch.load(path, weights_only=True)  # no pdl needed to read it
     assert state["epoch"] == 4
     assert torch.equal(state["model"]["weight"], model.weight.detach())
@@ -67,7 +69,9 @@ def test_process_killed_mid_write_leaves_a_loadable_checkpoint(tmp_path):
             time.sleep(0.05)
         assert path.exists(), "the writer never produced a checkpoint"
         # Wait until a temporary file exists: the next write is under way.
-        while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()) and time.time() < deadline:
+        while (
+            not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()) and time.time() < deadline
+        ):
             time.sleep(0.01)
         time.sleep(0.05)
         writer.send_signal(signal.SIGKILL)
@@ -87,12 +91,16 @@ def test_corrupt_and_missing_checkpoints_raise_clear_errors(tmp_path):
     good = save_checkpoint({"epoch": 1, "w": torch.ones(100)}, tmp_path / "good.pt")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=r"truncated, corrupt or was not written by torch.save"):
+    with pytest.raises(
+        CheckpointError, match=r"truncated, corrupt or was not written by torch.save"
+    ):
         load_checkpoint(truncated)
     with pytest.raises(CheckpointError, match="No checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
     torch.save([1, 2, 3], tmp_path / "list.pt")
-    with pytest.raises(CheckpointError, match=r"holds a list, not a dict \(a checkpoint or a state_dict\)"):
+    with pytest.raises(
+        CheckpointError, match=r"holds a list, not a dict \(a checkpoint or a state_dict\)"
+    ):
         load_checkpoint(tmp_path / "list.pt")
 
 
@@ -111,9 +119,19 @@ def test_rng_state_round_trip_covers_python_numpy_torch_and_a_generator(tmp_path
     generator = torch.Generator().manual_seed(7)
     state = rng_state(generator)
     path = save_checkpoint({"rng": state}, tmp_path / "rng.pt")
-    first = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=generator).item())
+    first = (
+        random.random(),
+        np.random.rand(),
+        torch.rand(1).item(),
+        torch.rand(1, generator=generator).item(),
+    )
     restore_rng_state(load_checkpoint(path)["rng"], generator)
-    second = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=generator).item())
+    second = (
+        random.random(),
+        np.random.rand(),
+        torch.rand(1).item(),
+        torch.rand(1, generator=generator).item(),
+    )
     assert first == second
 
 
@@ -150,7 +168,9 @@ def test_files_get_the_usual_permissions_not_0600(tmp_path):
     assert path.stat().st_mode & 0o044  # readable by group and others with the usual umask 022
 
 
-def test_a_pickle_that_runs_code_is_refused_and_the_message_never_suggests_loading_it_anyway(tmp_path):
+def test_a_pickle_that_runs_code_is_refused_and_the_message_never_suggests_loading_it_anyway(
+    tmp_path,
+):
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -168,7 +188,9 @@ def test_a_pickle_that_runs_code_is_refused_and_the_message_never_suggests_loadi
 
 def test_garbage_is_reported_as_damaged_not_as_unsafe(tmp_path):
     (tmp_path / "noise.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="truncated, corrupt or was not written by torch.save") as error:
+    with pytest.raises(
+        CheckpointError, match="truncated, corrupt or was not written by torch.save"
+    ) as error:
         load_checkpoint(tmp_path / "noise.pt")
     assert "weights_only=False" not in str(error.value)
     (tmp_path / "folder.pt").mkdir()

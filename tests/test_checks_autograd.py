@@ -38,6 +38,7 @@ def test_checks_leave_the_global_random_state_alone(leaves_global_rng_alone):
     leaves_global_rng_alone(check_sigmoid_function, make_sigmoid(lambda s, g: g * s * (1 - s)))
     leaves_global_rng_alone(check_training_loop, loop)
 
+
 # --------------------------------------------------------------------------------------
 # check_two_layer_backward
 # --------------------------------------------------------------------------------------
@@ -98,7 +99,10 @@ def test_two_layer_backward_transposed(capsys):
 
 def test_two_layer_backward_wrong_return_and_stub(capsys):
     assert check_two_layer_backward(lambda *a: backward(*a)[:2]) is False
-    assert "return a tuple (grad_w1, grad_b1, grad_w2, grad_b2), got tuple of length 2" in last_line(capsys)
+    assert (
+        "return a tuple (grad_w1, grad_b1, grad_w2, grad_b2), got tuple of length 2"
+        in last_line(capsys)
+    )
 
     def stub(x, y, w1, b1, w2, b2):
         raise NotImplementedError
@@ -212,7 +216,19 @@ def test_sigmoid_function_wrong_forward_and_not_a_class(capsys):
 # --------------------------------------------------------------------------------------
 
 
-def loop(w1, w2, x, y, learning_rate, steps, *, zero=("w1", "w2"), zero_first=False, rebind=(), losses_as_items=True):
+def loop(
+    w1,
+    w2,
+    x,
+    y,
+    learning_rate,
+    steps,
+    *,
+    zero=("w1", "w2"),
+    zero_first=False,
+    rebind=(),
+    losses_as_items=True,
+):
     """The correct loop, with switches for the classic mistakes: which gradients are zeroed and
     when (``zero_first``: before backward, where the first .grad is still None), and which
     weights are rebound (``w = w - ...``, a new tensor) instead of updated in place."""

@@ -149,8 +149,17 @@ def test_forward_catches_an_output_outside_autograd(failing):
 class StudentBatchNorm(nn.Module):
     """A correct hand-written layer, with gamma/beta names instead of PyTorch's weight/bias."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, unbiased=True, eval_uses_running=True,
-                 swap_momentum=False, update=True, no_grad=True):
+    def __init__(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        unbiased=True,
+        eval_uses_running=True,
+        swap_momentum=False,
+        update=True,
+        no_grad=True,
+    ):
         super().__init__()
         self.gamma = nn.Parameter(torch.ones(num_features))
         self.beta = nn.Parameter(torch.zeros(num_features))
@@ -206,8 +215,14 @@ def test_module_rejects_running_statistics_kept_as_plain_attributes(failing):
             self.running_var = torch.ones(num_features)
 
     assert "running_mean" not in PlainAttributes(3).state_dict()
-    failing(check_batchnorm_module, PlainAttributes, "running_mean is a plain tensor attribute, not a buffer",
-            ".to(device)", "state_dict()", "register_buffer")
+    failing(
+        check_batchnorm_module,
+        PlainAttributes,
+        "running_mean is a plain tensor attribute, not a buffer",
+        ".to(device)",
+        "state_dict()",
+        "register_buffer",
+    )
 
 
 def test_module_rejects_running_statistics_left_out_of_the_state_dict(failing):
@@ -217,7 +232,9 @@ def test_module_rejects_running_statistics_left_out_of_the_state_dict(failing):
             del self.running_var
             self.register_buffer("running_var", torch.ones(num_features), persistent=False)
 
-    failing(check_batchnorm_module, NotSaved, "running_var is a buffer that state_dict() does not save")
+    failing(
+        check_batchnorm_module, NotSaved, "running_var is a buffer that state_dict() does not save"
+    )
 
 
 def test_module_rejects_running_statistics_as_parameters(failing):
@@ -227,12 +244,22 @@ def test_module_rejects_running_statistics_as_parameters(failing):
             del self.running_mean
             self.running_mean = nn.Parameter(torch.zeros(num_features))
 
-    failing(check_batchnorm_module, TrainedStatistics, "running_mean is an nn.Parameter", "register_buffer")
+    failing(
+        check_batchnorm_module,
+        TrainedStatistics,
+        "running_mean is an nn.Parameter",
+        "register_buffer",
+    )
 
 
 def test_module_rejects_running_statistics_inside_the_graph(failing):
-    failing(check_batchnorm_module, _variant(no_grad=False), "after training batch 1",
-            "running_mean is part of the autograd graph", "torch.no_grad()")
+    failing(
+        check_batchnorm_module,
+        _variant(no_grad=False),
+        "after training batch 1",
+        "running_mean is part of the autograd graph",
+        "torch.no_grad()",
+    )
 
 
 def test_module_rejects_updates_in_eval_mode(failing):
@@ -255,26 +282,53 @@ def test_module_explains_the_unbiased_variance_in_the_normalization(failing):
             with torch.no_grad():
                 self.running_mean.mul_(0.9).add_(0.1 * mean)
                 self.running_var.mul_(0.9).add_(0.1 * var)
-            return self.gamma.view(shape) * (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps) + self.beta.view(shape)
+            return self.gamma.view(shape) * (x - mean.view(shape)) / torch.sqrt(
+                var.view(shape) + self.eps
+            ) + self.beta.view(shape)
 
-    failing(check_batchnorm_module, UnbiasedNormalization, "training batch 1", "unbiased variance", "correction=0")
+    failing(
+        check_batchnorm_module,
+        UnbiasedNormalization,
+        "training batch 1",
+        "unbiased variance",
+        "correction=0",
+    )
 
 
 def test_module_reports_answers_that_are_not_layer_classes(failing):
-    failing(check_batchnorm_module, lambda num_features: None, "should be an nn.Module, got NoneType")
-    failing(check_batchnorm_module, nn.BatchNorm2d, "(32, 4)", "expected 4D input")  # PyTorch's 2d layer, given (N, C)
+    failing(
+        check_batchnorm_module, lambda num_features: None, "should be an nn.Module, got NoneType"
+    )
+    failing(
+        check_batchnorm_module, nn.BatchNorm2d, "(32, 4)", "expected 4D input"
+    )  # PyTorch's 2d layer, given (N, C)
 
 
 def test_module_wants_the_unbiased_running_variance(failing):
-    failing(check_batchnorm_module, _variant(unbiased=False), "after training batch 1", "unbiased", "n / (n - 1)")
+    failing(
+        check_batchnorm_module,
+        _variant(unbiased=False),
+        "after training batch 1",
+        "unbiased",
+        "n / (n - 1)",
+    )
 
 
 def test_module_wants_running_statistics_in_eval_mode(failing):
-    failing(check_batchnorm_module, _variant(eval_uses_running=False), "eval mode", "running_mean and running_var")
+    failing(
+        check_batchnorm_module,
+        _variant(eval_uses_running=False),
+        "eval mode",
+        "running_mean and running_var",
+    )
 
 
 def test_module_explains_a_swapped_momentum(failing):
-    failing(check_batchnorm_module, _variant(swap_momentum=True), "(1 - momentum) * running + momentum * batch_mean")
+    failing(
+        check_batchnorm_module,
+        _variant(swap_momentum=True),
+        "(1 - momentum) * running + momentum * batch_mean",
+    )
 
 
 def test_module_notices_running_statistics_that_never_move(failing):
@@ -352,23 +406,38 @@ def test_fold_names_bias_mistakes(failing):
 
         return fold
 
-    failing(check_fold_batchnorm, bias_with(lambda b, bn, s: (b - bn.running_mean) * s), "beta (bn.bias) is missing")
-    failing(check_fold_batchnorm, bias_with(lambda b, bn, s: (b + bn.running_mean) * s + bn.bias),
-            "subtract the running mean")
-    failing(check_fold_batchnorm, bias_with(lambda b, bn, s: b - bn.running_mean * s + bn.bias),
-            "bias=True", "the conv's own bias must be scaled too")
+    failing(
+        check_fold_batchnorm,
+        bias_with(lambda b, bn, s: (b - bn.running_mean) * s),
+        "beta (bn.bias) is missing",
+    )
+    failing(
+        check_fold_batchnorm,
+        bias_with(lambda b, bn, s: (b + bn.running_mean) * s + bn.bias),
+        "subtract the running mean",
+    )
+    failing(
+        check_fold_batchnorm,
+        bias_with(lambda b, bn, s: b - bn.running_mean * s + bn.bias),
+        "bias=True",
+        "the conv's own bias must be scaled too",
+    )
 
 
 def test_fold_rejects_a_conv_without_the_original_stride(failing):
     def new_conv(conv, bn):
-        fresh = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        fresh = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding
+        )
         reference = fold_batchnorm(conv, bn)
         with torch.no_grad():
             fresh.weight.copy_(reference.weight)
             fresh.bias.copy_(reference.bias)
         return fresh
 
-    failing(check_fold_batchnorm, new_conv, "bias=False, stride=2", "has shape", "stride and padding")
+    failing(
+        check_fold_batchnorm, new_conv, "bias=False, stride=2", "has shape", "stride and padding"
+    )
 
 
 def test_fold_refuses_editing_the_batch_norm(failing):
@@ -387,7 +456,13 @@ def test_fold_refuses_editing_the_original_conv(failing):
             conv.bias.copy_(folded.bias)
         return conv
 
-    failing(check_fold_batchnorm, in_place, "bias=True", "the original conv weight, conv bias changed", "copy.deepcopy")
+    failing(
+        check_fold_batchnorm,
+        in_place,
+        "bias=True",
+        "the original conv weight, conv bias changed",
+        "copy.deepcopy",
+    )
 
 
 def test_fold_needs_a_bias_when_the_conv_had_none(failing):
@@ -412,8 +487,15 @@ def test_fold_points_at_a_wrong_weight_scale(failing):
 
     failing(check_fold_batchnorm, forgets_gamma, "gamma (bn.weight) is missing from the scale")
 
-    squared = _fold_with_scale(lambda bn: (bn.weight / torch.sqrt(bn.running_var + bn.eps)) ** 2)  # no known mistake
-    failing(check_fold_batchnorm, squared, "the folded weight is wrong at index", "gamma / sqrt(running_var + eps)")
+    squared = _fold_with_scale(
+        lambda bn: (bn.weight / torch.sqrt(bn.running_var + bn.eps)) ** 2
+    )  # no known mistake
+    failing(
+        check_fold_batchnorm,
+        squared,
+        "the folded weight is wrong at index",
+        "gamma / sqrt(running_var + eps)",
+    )
 
 
 def test_fold_wants_a_conv_back(failing):
@@ -426,8 +508,12 @@ def test_the_checks_leave_the_global_random_state_alone(leaves_global_rng_alone)
     leaves_global_rng_alone(check_batchnorm_module, StudentBatchNorm)
 
 
-@pytest.mark.parametrize("check", [check_batchnorm_forward, check_batchnorm_module, check_fold_batchnorm])
-@pytest.mark.parametrize("answer", [None, 42, "batch norm", lambda *args: "not a tensor", lambda *args: torch.zeros(1)])
+@pytest.mark.parametrize(
+    "check", [check_batchnorm_forward, check_batchnorm_module, check_fold_batchnorm]
+)
+@pytest.mark.parametrize(
+    "answer", [None, 42, "batch norm", lambda *args: "not a tensor", lambda *args: torch.zeros(1)]
+)
 def test_the_checks_never_raise_on_any_answer(check, answer, capsys):
     assert check(answer) is False
     out = capsys.readouterr().out

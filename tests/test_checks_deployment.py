@@ -33,13 +33,21 @@ def export_and_verify(model, example, path, *, dynamic=True, eval_mode=True, rep
     """A correct student solution, with switches for the typical mistakes."""
     if eval_mode:
         model.eval()
-    torch.onnx.export(model, (example,), path, dynamic_shapes=BATCH if dynamic else None, external_data=False,
-                      verbose=False)  # one file: the tests copy it
+    torch.onnx.export(
+        model,
+        (example,),
+        path,
+        dynamic_shapes=BATCH if dynamic else None,
+        external_data=False,
+        verbose=False,
+    )  # one file: the tests copy it
     got = ort_outputs(path, example)
     with torch.no_grad():
         expected = model(example).numpy()
     difference = np.abs(got - expected)
-    return {"max": float(difference.max()), "mean": float(difference.mean()), "array": difference}[report]
+    return {"max": float(difference.max()), "mean": float(difference.mean()), "array": difference}[
+        report
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,25 +72,43 @@ def reuse(exported, report):
         shutil.copy(exported, path)
         got = ort_outputs(path, example)
         with torch.no_grad():
-            expected = model(example).numpy()  # model as given: train mode unless report says otherwise
+            expected = model(
+                example
+            ).numpy()  # model as given: train mode unless report says otherwise
         return report(model, got, expected, example)
 
     return fn
 
 
 def test_export_accepts_a_correct_solution(exported, capsys):
-    assert check_export_onnx(reuse(exported, lambda m, got, exp, x: float(
-        np.abs(got - m.eval()(x).detach().numpy()).max()))) is True
+    assert (
+        check_export_onnx(
+            reuse(
+                exported,
+                lambda m, got, exp, x: float(np.abs(got - m.eval()(x).detach().numpy()).max()),
+            )
+        )
+        is True
+    )
     assert capsys.readouterr().out.strip() == "\u2705 export to ONNX and verify: correct"
 
 
 def test_export_accepts_named_dimensions_and_a_numpy_number(capsys):
     def named(model, example, path):
         model.eval()
-        torch.onnx.export(model, (example,), path, input_names=["images"], output_names=["logits"],
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            path,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            verbose=False,
+        )
         with torch.no_grad():
-            return np.abs(ort_outputs(path, example) - model(example).numpy()).max()  # a NumPy float32
+            return np.abs(
+                ort_outputs(path, example) - model(example).numpy()
+            ).max()  # a NumPy float32
 
     assert check_export_onnx(named) is True
 
@@ -95,15 +121,23 @@ def test_export_reports_the_stub(failing):
 
 
 def test_export_wants_a_dynamic_batch_dimension(failing):
-    failing(check_export_onnx, lambda m, x, p: export_and_verify(m, x, p, dynamic=False),
-            "batch size 4, not 7", "dynamic_shapes")
+    failing(
+        check_export_onnx,
+        lambda m, x, p: export_and_verify(m, x, p, dynamic=False),
+        "batch size 4, not 7",
+        "dynamic_shapes",
+    )
 
 
 def test_export_recognises_a_reference_computed_in_train_mode(exported, failing):
     # The file is right (exported in eval semantics); the PyTorch outputs it was compared
     # with had dropout active.
-    failing(check_export_onnx, reuse(exported, lambda m, got, exp, x: float(np.abs(got - exp).max())),
-            "train mode", "model.eval()")
+    failing(
+        check_export_onnx,
+        reuse(exported, lambda m, got, exp, x: float(np.abs(got - exp).max())),
+        "train mode",
+        "model.eval()",
+    )
 
 
 def test_export_recognises_the_mean(exported, failing):
@@ -115,12 +149,17 @@ def test_export_recognises_the_mean(exported, failing):
 
 def test_export_recognises_a_comparison_with_itself(exported, failing):
     # The two runtimes differ by ~1e-7 on this model (they add in different orders), never by exactly 0.
-    failing(check_export_onnx, reuse(exported, lambda m, got, exp, x: float(np.abs(got - got).max())),
-            "with itself")
+    failing(
+        check_export_onnx,
+        reuse(exported, lambda m, got, exp, x: float(np.abs(got - got).max())),
+        "with itself",
+    )
 
 
 def test_export_wants_one_number_and_the_file(exported, failing):
-    failing(check_export_onnx, reuse(exported, lambda m, got, exp, x: np.abs(got - exp)), "one number")
+    failing(
+        check_export_onnx, reuse(exported, lambda m, got, exp, x: np.abs(got - exp)), "one number"
+    )
     failing(check_export_onnx, lambda m, x, p: 0.0, "nothing was written to path")
 
     def other_model(model, example, path):
@@ -204,7 +243,9 @@ def test_latency_recognises_a_missing_warmup(failing):
 
 
 def test_latency_recognises_milliseconds_and_the_minimum(failing):
-    failing(check_measure_latency, lambda run, w, r: 1000 * measure_latency(run, w, r), "milliseconds")
+    failing(
+        check_measure_latency, lambda run, w, r: 1000 * measure_latency(run, w, r), "milliseconds"
+    )
 
     def fastest(run, warmup, repeats):
         for _ in range(warmup):
@@ -231,7 +272,10 @@ def quantize_and_evaluate(float_path, int8_path, images, labels):
 
 def test_quantize_accepts_a_correct_solution(capsys):
     assert check_quantize_int8(quantize_and_evaluate) is True
-    assert capsys.readouterr().out.strip() == "\u2705 quantize to int8 and measure the accuracy: correct"
+    assert (
+        capsys.readouterr().out.strip()
+        == "\u2705 quantize to int8 and measure the accuracy: correct"
+    )
 
 
 def test_quantize_reports_the_stub(failing):

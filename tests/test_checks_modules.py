@@ -37,7 +37,9 @@ def test_product_block_correct(capsys):
 
 
 def test_product_block_leaves_global_rng_alone(leaves_global_rng_alone):
-    leaves_global_rng_alone(check_product_block, ProductBlock)  # its nn.Linear layers draw random weights
+    leaves_global_rng_alone(
+        check_product_block, ProductBlock
+    )  # its nn.Linear layers draw random weights
 
 
 def test_product_block_adds_instead_of_multiplying(capsys):
@@ -72,7 +74,10 @@ def test_product_block_layers_in_a_plain_list(capsys):
     class PlainList(nn.Module):
         def __init__(self, in_features, out_features):
             super().__init__()
-            self.layers = [nn.Linear(in_features, out_features), nn.Linear(in_features, out_features)]
+            self.layers = [
+                nn.Linear(in_features, out_features),
+                nn.Linear(in_features, out_features),
+            ]
 
         def forward(self, x):
             return self.layers[0](x) * self.layers[1](x)
@@ -122,18 +127,25 @@ def naive(logits, targets):
 def test_cross_entropy_correct(capsys):
     assert check_cross_entropy(stable) is True
     assert last_line(capsys) == "✅ cross-entropy: correct"
-    assert check_cross_entropy(lambda logits, targets: F.nll_loss(F.log_softmax(logits, 1), targets)) is True
+    assert (
+        check_cross_entropy(lambda logits, targets: F.nll_loss(F.log_softmax(logits, 1), targets))
+        is True
+    )
     assert check_cross_entropy(F.cross_entropy) is True  # PyTorch's own
 
 
 def test_cross_entropy_indexing_and_double_softmax(failing):
-    def every_target(logits, targets):  # log_probs[:, targets]: an (N, N) table, not one entry per row
+    def every_target(
+        logits, targets
+    ):  # log_probs[:, targets]: an (N, N) table, not one entry per row
         return -(logits - logits.logsumexp(dim=1, keepdim=True))[:, targets].mean()
 
     def softmax_twice(logits, targets):
         return stable(logits.softmax(dim=1), targets)
 
-    failing(check_cross_entropy, every_target, "log_probs[:, targets]", "torch.arange(len(targets))")
+    failing(
+        check_cross_entropy, every_target, "log_probs[:, targets]", "torch.arange(len(targets))"
+    )
     failing(check_cross_entropy, softmax_twice, "softmax was applied twice")
 
 
@@ -163,7 +175,9 @@ def test_cross_entropy_typical_mistakes(capsys):
     assert "sign is flipped" in last_line(capsys)
     assert check_cross_entropy(lambda lo, t: stable(lo, t) * len(t)) is False
     assert "the sum over the batch" in last_line(capsys)
-    assert check_cross_entropy(lambda lo, t: -(lo.softmax(1)[torch.arange(len(t)), t]).mean()) is False
+    assert (
+        check_cross_entropy(lambda lo, t: -(lo.softmax(1)[torch.arange(len(t)), t]).mean()) is False
+    )
     assert "takes the log" in last_line(capsys)
     assert check_cross_entropy(lambda lo, t: F.cross_entropy(lo, t, reduction="none")) is False
     assert "one loss per sample" in last_line(capsys)
@@ -174,7 +188,9 @@ def test_cross_entropy_typical_mistakes(capsys):
 # --------------------------------------------------------------------------------------
 
 
-def step(model, inputs, targets, loss_fn, optimizer, *, train=True, zero=True, update=True, item=True):
+def step(
+    model, inputs, targets, loss_fn, optimizer, *, train=True, zero=True, update=True, item=True
+):
     if train:
         model.train()
     loss = loss_fn(model(inputs), targets)
@@ -279,7 +295,12 @@ def test_accuracy_correct(capsys):
     assert check_accuracy(lambda lo, t: (lo.argmax(1) == t).float().mean()) is True
     assert last_line(capsys) == "✅ accuracy: correct"
     # torchmetrics' functional accuracy averages over all samples ("micro") by default: accepted.
-    assert check_accuracy(lambda lo, t: torchmetrics.functional.accuracy(lo, t, task="multiclass", num_classes=4)) is True
+    assert (
+        check_accuracy(
+            lambda lo, t: torchmetrics.functional.accuracy(lo, t, task="multiclass", num_classes=4)
+        )
+        is True
+    )
 
 
 def test_accuracy_compares_the_largest_score_not_its_position(failing):
@@ -296,13 +317,21 @@ def test_accuracy_compares_the_largest_score_not_its_position(failing):
 
 
 def test_accuracy_max_returns_a_pair(failing):
-    failing(check_accuracy, lambda lo, t: (lo.max(dim=1) == t).float().mean(), "returns a pair (values, indices)")
-    failing(check_accuracy, lambda lo, t: lo.max(dim=1) == t, "return one number, got bool", ".indices")
+    failing(
+        check_accuracy,
+        lambda lo, t: (lo.max(dim=1) == t).float().mean(),
+        "returns a pair (values, indices)",
+    )
+    failing(
+        check_accuracy, lambda lo, t: lo.max(dim=1) == t, "return one number, got bool", ".indices"
+    )
 
 
 def test_accuracy_macro_average(failing):
     def macro(logits, targets):
-        return torchmetrics.functional.classification.multiclass_accuracy(logits, targets, num_classes=4)
+        return torchmetrics.functional.classification.multiclass_accuracy(
+            logits, targets, num_classes=4
+        )
 
     failing(check_accuracy, macro, "macro average", "average='micro'")
 
@@ -325,11 +354,27 @@ def test_accuracy_typical_mistakes(capsys):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("check", [check_product_block, check_cross_entropy, check_train_step, check_accuracy])
+@pytest.mark.parametrize(
+    "check", [check_product_block, check_cross_entropy, check_train_step, check_accuracy]
+)
 @pytest.mark.parametrize(
     "answer",
-    [None, 42, lambda *args: None, lambda *args: "0.5", lambda *args: (1.0, 2.0), lambda *args: torch.zeros(3, dtype=torch.float64)],
-    ids=["None", "a number", "returns None", "returns a string", "returns a tuple", "returns a float64 vector"],
+    [
+        None,
+        42,
+        lambda *args: None,
+        lambda *args: "0.5",
+        lambda *args: (1.0, 2.0),
+        lambda *args: torch.zeros(3, dtype=torch.float64),
+    ],
+    ids=[
+        "None",
+        "a number",
+        "returns None",
+        "returns a string",
+        "returns a tuple",
+        "returns a float64 vector",
+    ],
 )
 def test_odd_answers_are_judged_without_crashing(check, answer, failing):
     out = failing(check, answer)

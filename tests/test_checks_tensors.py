@@ -31,7 +31,9 @@ def stub(*args, **kwargs):
 
 def test_every_check_is_exported_by_pdl_checks():
     for name in LECTURE_00_01:
-        assert getattr(checks, name) is getattr(tensors if name in tensors.__all__ else numpy_by_hand, name)
+        assert getattr(checks, name) is getattr(
+            tensors if name in tensors.__all__ else numpy_by_hand, name
+        )
 
 
 @pytest.mark.parametrize("name", LECTURE_00_01)
@@ -88,34 +90,50 @@ def linear_backward_with_autograd(x, weight, grad_out):
 
 
 def test_linear_backward(capsys):
-    assert run(capsys, checks.check_linear_backward, linear_backward) == (True, "✅ linear backward: correct")
+    assert run(capsys, checks.check_linear_backward, linear_backward) == (
+        True,
+        "✅ linear backward: correct",
+    )
     assert run(capsys, checks.check_linear_backward, linear_backward_with_autograd)[0] is True
 
     # The bias gradient not summed over the batch: one row per example.
     result, out = run(capsys, checks.check_linear_backward, lambda x, w, g: (g @ w, g.T @ x, g))
     assert result is False
-    assert "grad_bias has shape (5, 3), expected (3,)" in out and "sum grad_out over the batch" in out
+    assert (
+        "grad_bias has shape (5, 3), expected (3,)" in out and "sum grad_out over the batch" in out
+    )
 
     # The weight gradient transposed.
-    result, out = run(capsys, checks.check_linear_backward, lambda x, w, g: (g @ w, x.T @ g, g.sum(axis=0)))
+    result, out = run(
+        capsys, checks.check_linear_backward, lambda x, w, g: (g @ w, x.T @ g, g.sum(axis=0))
+    )
     assert result is False and "grad_weight has shape (4, 3), expected (3, 4)" in out
 
     # Wrong values: a sign error in grad_x.
-    result, out = run(capsys, checks.check_linear_backward, lambda x, w, g: (-(g @ w), g.T @ x, g.sum(axis=0)))
+    result, out = run(
+        capsys, checks.check_linear_backward, lambda x, w, g: (-(g @ w), g.T @ x, g.sum(axis=0))
+    )
     assert result is False and "grad_x is wrong at index" in out
 
     # Only two of the three gradients returned; and torch tensors instead of arrays.
     result, out = run(capsys, checks.check_linear_backward, lambda x, w, g: (g @ w, g.T @ x))
-    assert result is False and "return a tuple (grad_x, grad_weight, grad_bias), got tuple of length 2" in out
+    assert (
+        result is False
+        and "return a tuple (grad_x, grad_weight, grad_bias), got tuple of length 2" in out
+    )
     result, out = run(
-        capsys, checks.check_linear_backward, lambda x, w, g: tuple(torch.from_numpy(a) for a in linear_backward(x, w, g))
+        capsys,
+        checks.check_linear_backward,
+        lambda x, w, g: tuple(torch.from_numpy(a) for a in linear_backward(x, w, g)),
     )
     assert result is False and "grad_x should be a NumPy array, got Tensor" in out
 
 
 def test_linear_backward_bias_summed_over_everything(capsys):
     # grad_out.sum() is a NumPy scalar (np.float64), not "not a NumPy array": say what it is.
-    result, out = run(capsys, checks.check_linear_backward, lambda x, w, g: (g @ w, g.T @ x, g.sum()))
+    result, out = run(
+        capsys, checks.check_linear_backward, lambda x, w, g: (g @ w, g.T @ x, g.sum())
+    )
     assert result is False
     assert "grad_bias is a single number, expected an array of shape (3,)" in out
     assert "grad_out.sum(axis=0)" in out and "not a NumPy array" not in out
@@ -182,7 +200,9 @@ def test_softmax_ce_grad_reports_answers_that_are_not_arrays_of_numbers(capsys):
     result, out = run(capsys, checks.check_softmax_ce_grad, loss_and_grad)
     assert result is False and "the gradient should be a NumPy array, got tuple" in out
 
-    result, out = run(capsys, checks.check_softmax_ce_grad, lambda logits, labels: np.full(logits.shape, None))
+    result, out = run(
+        capsys, checks.check_softmax_ce_grad, lambda logits, labels: np.full(logits.shape, None)
+    )
     assert result is False and "the gradient should be an array of numbers, got dtype object" in out
 
 
@@ -193,25 +213,43 @@ def test_arange_matrix(capsys):
     good = lambda r, c: torch.arange(r * c, dtype=torch.float32).reshape(r, c)  # noqa: E731
     assert run(capsys, checks.check_arange_matrix, good) == (True, "✅ arange matrix: correct")
 
-    result, out = run(capsys, checks.check_arange_matrix, lambda r, c: torch.arange(r * c).reshape(r, c))
-    assert result is False and "dtype torch.int64, expected torch.float32" in out and "dtype=torch.float32" in out
+    result, out = run(
+        capsys, checks.check_arange_matrix, lambda r, c: torch.arange(r * c).reshape(r, c)
+    )
+    assert (
+        result is False
+        and "dtype torch.int64, expected torch.float32" in out
+        and "dtype=torch.float32" in out
+    )
 
     # Column by column instead of row by row.
     result, out = run(capsys, checks.check_arange_matrix, lambda r, c: good(c, r).T)
-    assert result is False and "wrong at index (0, 1): got 3, expected 1" in out and "rows=3, cols=4" in out
+    assert (
+        result is False
+        and "wrong at index (0, 1): got 3, expected 1" in out
+        and "rows=3, cols=4" in out
+    )
 
     result, out = run(capsys, checks.check_arange_matrix, lambda r, c: good(c, r))
     assert result is False and "shape (4, 3), expected (3, 4)" in out
 
 
 def test_channels_last(capsys):
-    assert run(capsys, checks.check_channels_last, lambda x: x.permute(0, 2, 3, 1)) == (True, "✅ channels last: correct")
-    assert run(capsys, checks.check_channels_last, lambda x: x.movedim(1, -1))[0] is True  # PyTorch's own
+    assert run(capsys, checks.check_channels_last, lambda x: x.permute(0, 2, 3, 1)) == (
+        True,
+        "✅ channels last: correct",
+    )
+    assert (
+        run(capsys, checks.check_channels_last, lambda x: x.movedim(1, -1))[0] is True
+    )  # PyTorch's own
     # Swapping C and W moves two axes at once.
     result, out = run(capsys, checks.check_channels_last, lambda x: x.transpose(1, 3))
     assert result is False and "shape (2, 5, 4, 3), expected (2, 4, 5, 3)" in out
     # A non-contiguous answer is fine; so is a contiguous copy.
-    assert run(capsys, checks.check_channels_last, lambda x: x.permute(0, 2, 3, 1).contiguous())[0] is True
+    assert (
+        run(capsys, checks.check_channels_last, lambda x: x.permute(0, 2, 3, 1).contiguous())[0]
+        is True
+    )
 
     n_h_w_c = lambda x: x.reshape(x.shape[0], x.shape[2], x.shape[3], x.shape[1])  # noqa: E731
     result, out = run(capsys, checks.check_channels_last, n_h_w_c)
@@ -239,7 +277,11 @@ def test_replace_below(capsys):
     result, out = run(capsys, checks.check_replace_below, in_place)
     assert result is False and "changed its input x" in out
 
-    result, out = run(capsys, checks.check_replace_below, lambda x, t, v: torch.where(x > t, torch.full_like(x, v), x))
+    result, out = run(
+        capsys,
+        checks.check_replace_below,
+        lambda x, t, v: torch.where(x > t, torch.full_like(x, v), x),
+    )
     assert result is False and "is wrong at index" in out
 
     # Only the entries that are kept: boolean indexing flattens.
@@ -247,7 +289,9 @@ def test_replace_below(capsys):
     assert result is False and "expected (4, 5)" in out
 
     # A Python scalar in torch.where is fine: the result stays float32.
-    assert run(capsys, checks.check_replace_below, lambda x, t, v: torch.where(x < t, v, x))[0] is True
+    assert (
+        run(capsys, checks.check_replace_below, lambda x, t, v: torch.where(x < t, v, x))[0] is True
+    )
 
 
 def test_replace_below_is_strict(capsys):
@@ -273,7 +317,10 @@ def test_replace_below_float64_gets_a_dtype_hint(capsys):
 
 def test_standardize_columns(capsys):
     good = lambda x: (x - x.mean(dim=0)) / x.std(dim=0)  # noqa: E731
-    assert run(capsys, checks.check_standardize_columns, good) == (True, "✅ standardize columns: correct")
+    assert run(capsys, checks.check_standardize_columns, good) == (
+        True,
+        "✅ standardize columns: correct",
+    )
     keepdim = lambda x: (x - x.mean(dim=0, keepdim=True)) / x.std(dim=0, keepdim=True)  # noqa: E731
     assert run(capsys, checks.check_standardize_columns, keepdim)[0] is True
 
@@ -285,11 +332,15 @@ def test_standardize_columns(capsys):
     assert result is False and "population std" in out
 
     # Rows instead of columns: (6, 3) minus (6,) does not broadcast.
-    result, out = run(capsys, checks.check_standardize_columns, lambda x: (x - x.mean(dim=1)) / x.std(dim=1))
+    result, out = run(
+        capsys, checks.check_standardize_columns, lambda x: (x - x.mean(dim=1)) / x.std(dim=1)
+    )
     assert result is False and "your code raised RuntimeError" in out and "reduce over dim=0" in out
 
     # Each column's mean, but one std for the whole matrix.
-    result, out = run(capsys, checks.check_standardize_columns, lambda x: (x - x.mean(dim=0)) / x.std())
+    result, out = run(
+        capsys, checks.check_standardize_columns, lambda x: (x - x.mean(dim=0)) / x.std()
+    )
     assert result is False and "the column means are right" in out and "x.std(dim=0)" in out
 
     # NumPy's default std is the population one (ddof=0): the hint names both conventions.
@@ -308,14 +359,19 @@ def test_standardize_columns_in_float64_is_judged_not_crashed(capsys):
     assert result is False and "could not judge" not in out
     assert "dtype torch.float64, expected torch.float32" in out and "the values are right" in out
 
-    population_double = lambda x: (x.double() - x.double().mean(dim=0)) / x.double().std(dim=0, correction=0)  # noqa: E731
+    def population_double(x):
+        return (x.double() - x.double().mean(dim=0)) / x.double().std(dim=0, correction=0)  # noqa: E731
+
     result, out = run(capsys, checks.check_standardize_columns, population_double)
     assert result is False and "could not judge" not in out and "dtype torch.float64" in out
 
 
 def test_accuracy_from_logits(capsys):
     good = lambda z, y: (z.argmax(dim=1) == y).float().mean()  # noqa: E731
-    assert run(capsys, checks.check_accuracy_from_logits, good) == (True, "✅ accuracy from logits: correct")
+    assert run(capsys, checks.check_accuracy_from_logits, good) == (
+        True,
+        "✅ accuracy from logits: correct",
+    )
     from torchmetrics.functional import accuracy as torchmetrics_accuracy
 
     library = lambda z, y: torchmetrics_accuracy(z, y, task="multiclass", num_classes=z.shape[1])  # noqa: E731
@@ -323,19 +379,29 @@ def test_accuracy_from_logits(capsys):
     as_float = lambda z, y: (z.argmax(dim=1) == y).float().mean().item()  # noqa: E731
     assert run(capsys, checks.check_accuracy_from_logits, as_float)[0] is True
 
-    result, out = run(capsys, checks.check_accuracy_from_logits, lambda z, y: (z.argmax(dim=1) == y).sum())
+    result, out = run(
+        capsys, checks.check_accuracy_from_logits, lambda z, y: (z.argmax(dim=1) == y).sum()
+    )
     assert result is False and "got 5, expected 0.5" in out and "divide by N" in out
 
     # Forgot to reduce: one value per example.
-    result, out = run(capsys, checks.check_accuracy_from_logits, lambda z, y: (z.argmax(dim=1) == y).float())
+    result, out = run(
+        capsys, checks.check_accuracy_from_logits, lambda z, y: (z.argmax(dim=1) == y).float()
+    )
     assert result is False and "a tensor of shape (10,)" in out
 
     # The argmax over the wrong axis (over the batch, for each class) compares the wrong things.
-    result, out = run(capsys, checks.check_accuracy_from_logits, lambda z, y: (z.argmax(dim=0) == y).float().mean())
+    result, out = run(
+        capsys,
+        checks.check_accuracy_from_logits,
+        lambda z, y: (z.argmax(dim=0) == y).float().mean(),
+    )
     assert result is False and "your code raised RuntimeError" in out
 
     # A boolean tensor has no mean: the error is reported, not raised.
-    result, out = run(capsys, checks.check_accuracy_from_logits, lambda z, y: (z.argmax(dim=1) == y).mean())
+    result, out = run(
+        capsys, checks.check_accuracy_from_logits, lambda z, y: (z.argmax(dim=1) == y).mean()
+    )
     assert result is False and "your code raised RuntimeError" in out and ".float() first" in out
 
 
@@ -350,7 +416,12 @@ def test_linear_matmul(capsys):
         True,
         "✅ linear with matmul: correct",
     )
-    assert run(capsys, checks.check_linear_matmul, lambda x, w, b: torch.nn.functional.linear(x, w, b))[0] is True
+    assert (
+        run(
+            capsys, checks.check_linear_matmul, lambda x, w, b: torch.nn.functional.linear(x, w, b)
+        )[0]
+        is True
+    )
 
     result, out = run(capsys, checks.check_linear_matmul, lambda x, w, b: x @ w + b)
     assert result is False and "shapes cannot be multiplied" in out and "weight.T" in out
@@ -364,7 +435,10 @@ def test_linear_matmul(capsys):
 
 
 def test_scale_inplace(capsys):
-    assert run(capsys, checks.check_scale_inplace, lambda x, f: x.mul_(f)) == (True, "✅ scale in place: correct")
+    assert run(capsys, checks.check_scale_inplace, lambda x, f: x.mul_(f)) == (
+        True,
+        "✅ scale in place: correct",
+    )
 
     def times_equals(x, f):
         x *= f
@@ -390,7 +464,10 @@ def test_scale_inplace(capsys):
 
 
 def test_shares_memory(capsys):
-    assert run(capsys, checks.check_shares_memory, lambda t: t.numpy()) == (True, "✅ shares memory: correct")
+    assert run(capsys, checks.check_shares_memory, lambda t: t.numpy()) == (
+        True,
+        "✅ shares memory: correct",
+    )
     assert run(capsys, checks.check_shares_memory, lambda t: np.asarray(t.numpy()))[0] is True
 
     result, out = run(capsys, checks.check_shares_memory, lambda t: t.numpy().copy())
@@ -411,13 +488,22 @@ def test_shares_memory_reports_a_reversed_view(capsys):
 
 def test_zeros_like_device(capsys):
     good = lambda x, shape: torch.zeros(shape, dtype=x.dtype, device=x.device)  # noqa: E731
-    assert run(capsys, checks.check_zeros_like_device, good) == (True, "✅ zeros on the same device: correct")
-    assert run(capsys, checks.check_zeros_like_device, lambda x, shape: x.new_zeros(shape))[0] is True
+    assert run(capsys, checks.check_zeros_like_device, good) == (
+        True,
+        "✅ zeros on the same device: correct",
+    )
+    assert (
+        run(capsys, checks.check_zeros_like_device, lambda x, shape: x.new_zeros(shape))[0] is True
+    )
 
-    result, out = run(capsys, checks.check_zeros_like_device, lambda x, shape: torch.zeros(shape, dtype=x.dtype))
+    result, out = run(
+        capsys, checks.check_zeros_like_device, lambda x, shape: torch.zeros(shape, dtype=x.dtype)
+    )
     assert result is False and "on cpu, but x is on meta" in out and "device=x.device" in out
 
-    result, out = run(capsys, checks.check_zeros_like_device, lambda x, shape: torch.zeros(shape, device=x.device))
+    result, out = run(
+        capsys, checks.check_zeros_like_device, lambda x, shape: torch.zeros(shape, device=x.device)
+    )
     assert result is False and "dtype torch.float32, but x has torch.float64" in out
 
     # zeros_like copies x's shape, not the requested one.
@@ -434,7 +520,10 @@ def xyz_gradients_with_autograd(x, y, z):
 
 def test_xyz_gradients(capsys):
     good = lambda x, y, z: (y, x, np.ones_like(z))  # noqa: E731
-    assert run(capsys, checks.check_xyz_gradients, good) == (True, "✅ gradients of c = sum(x * y + z): correct")
+    assert run(capsys, checks.check_xyz_gradients, good) == (
+        True,
+        "✅ gradients of c = sum(x * y + z): correct",
+    )
     assert run(capsys, checks.check_xyz_gradients, xyz_gradients_with_autograd)[0] is True
 
     result, out = run(capsys, checks.check_xyz_gradients, lambda x, y, z: (x, y, np.ones_like(z)))

@@ -101,11 +101,19 @@ def test_standardize_stub_and_float64(failing):
         raise NotImplementedError
 
     failing(check_standardize, stub, "not attempted yet")
-    failing(check_standardize, lambda train, test: tuple(t.double() for t in standardize(train, test)), "dtype torch.float64")
+    failing(
+        check_standardize,
+        lambda train, test: tuple(t.double() for t in standardize(train, test)),
+        "dtype torch.float64",
+    )
 
 
 def test_standardize_wants_two_tensors(failing):
-    failing(check_standardize, lambda train, test: standardize(train, test)[0], "return a tuple (train_standardized, test_standardized), got Tensor")
+    failing(
+        check_standardize,
+        lambda train, test: standardize(train, test)[0],
+        "return a tuple (train_standardized, test_standardized), got Tensor",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -145,14 +153,22 @@ def test_kaiming_recognises_xavier_and_fan_out(failing):
             layer.weight.normal_(0.0, math.sqrt(2 / layer.out_features))
             layer.bias.zero_()
 
-    failing(check_kaiming_init, xavier, "Glorot's (Xavier)", "average of fan-in and fan-out", "sqrt(2 / fan_in)")
+    failing(
+        check_kaiming_init,
+        xavier,
+        "Glorot's (Xavier)",
+        "average of fan-in and fan-out",
+        "sqrt(2 / fan_in)",
+    )
     failing(check_kaiming_init, lecun, "LeCun's fan-in", "ReLU zeroes half")
     failing(check_kaiming_init, fan_out, "layer.in_features")
 
 
 def test_kaiming_wants_in_place_changes_and_a_zero_bias(failing):
     def replaces_with_a_tensor(layer):
-        layer.weight = torch.randn(layer.out_features, layer.in_features) * math.sqrt(2 / layer.in_features)
+        layer.weight = torch.randn(layer.out_features, layer.in_features) * math.sqrt(
+            2 / layer.in_features
+        )
 
     def does_nothing(layer):
         return nn.init.kaiming_normal_(layer.weight.detach().clone())
@@ -177,7 +193,12 @@ def test_kaiming_rejects_a_new_parameter(failing):
         nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
         layer.bias = nn.Parameter(torch.zeros(layer.out_features))
 
-    failing(check_kaiming_init, new_parameter, "layer.weight was replaced by a new nn.Parameter", "in place")
+    failing(
+        check_kaiming_init,
+        new_parameter,
+        "layer.weight was replaced by a new nn.Parameter",
+        "in place",
+    )
     failing(check_kaiming_init, new_bias, "layer.bias was replaced")
 
 
@@ -273,7 +294,11 @@ def test_momentum_reports_the_stub_and_a_wrong_return(failing):
         raise NotImplementedError
 
     failing(check_sgd_momentum, stub, "not attempted yet")
-    failing(check_sgd_momentum, lambda p, g, v, lr, m: p - lr * g, "return a tuple (new_param, new_velocity), got Tensor")
+    failing(
+        check_sgd_momentum,
+        lambda p, g, v, lr, m: p - lr * g,
+        "return a tuple (new_param, new_velocity), got Tensor",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -301,8 +326,20 @@ def test_standardize_hints_for_float64_answers(failing):
 @pytest.mark.parametrize("check", [check_standardize, check_kaiming_init, check_sgd_momentum])
 @pytest.mark.parametrize(
     "answer",
-    [None, lambda *args: None, lambda *args: "x", lambda *args: (1.0, 2.0), lambda *args: (torch.zeros(2), None)],
-    ids=["None", "returns None", "returns a string", "returns two floats", "returns a tensor and None"],
+    [
+        None,
+        lambda *args: None,
+        lambda *args: "x",
+        lambda *args: (1.0, 2.0),
+        lambda *args: (torch.zeros(2), None),
+    ],
+    ids=[
+        "None",
+        "returns None",
+        "returns a string",
+        "returns two floats",
+        "returns a tensor and None",
+    ],
 )
 def test_odd_answers_are_judged_without_crashing(check, answer, failing):
     out = failing(check, answer)

@@ -80,10 +80,14 @@ def test_missing_files_are_detected_and_files_not_in_the_manifest_do_not_count(t
     assert extra_files(RESOURCES["hymenoptera"], tmp_path) == ["train/ants/my_photo.jpg"]
     (copy / "val" / "bees" / "10870992_eebeeb3a12.jpg").unlink()
     assert "1 of 398 files under" in verify(RESOURCES["hymenoptera"], tmp_path)
-    assert "val/bees/10870992_eebeeb3a12.jpg (missing)" in verify(RESOURCES["hymenoptera"], tmp_path)
+    assert "val/bees/10870992_eebeeb3a12.jpg (missing)" in verify(
+        RESOURCES["hymenoptera"], tmp_path
+    )
 
 
-def test_a_repair_replaces_only_the_datasets_damaged_files_and_keeps_yours(empty_root, mirror, monkeypatch, capsys):
+def test_a_repair_replaces_only_the_datasets_damaged_files_and_keeps_yours(
+    empty_root, mirror, monkeypatch, capsys
+):
     """The data-loss case: a photo you added must survive a repair of the dataset around it."""
     folder, _ = ensure_with_source("hymenoptera")
     photo = folder / "train" / "ants" / "my_photo.jpg"
@@ -102,8 +106,14 @@ def test_a_repair_replaces_only_the_datasets_damaged_files_and_keeps_yours(empty
     assert damaged.read_bytes() == (mirror / "hymenoptera_data/train/ants/0013035.jpg").read_bytes()
     assert verify(RESOURCES["hymenoptera"], empty_root) is None
     assert "repaired 2 of 398 files" in out
-    assert "train/ants/0013035.jpg (checksum mismatch)" in out and "val/bees/10870992_eebeeb3a12.jpg (missing)" in out
-    assert "Left alone 2 file(s) that are not part of the dataset: NOTES.txt, train/ants/my_photo.jpg" in out
+    assert (
+        "train/ants/0013035.jpg (checksum mismatch)" in out
+        and "val/bees/10870992_eebeeb3a12.jpg (missing)" in out
+    )
+    assert (
+        "Left alone 2 file(s) that are not part of the dataset: NOTES.txt, train/ants/my_photo.jpg"
+        in out
+    )
     assert "pdl never deletes a file it did not create" in out
 
 
@@ -114,7 +124,9 @@ def test_the_hymenoptera_manifest_is_the_published_file_list():
     listing = "".join(f"{digest}  ./{name}\n" for name, digest in resource.files.items())
     import hashlib
 
-    assert hashlib.sha256(listing.encode()).hexdigest() == resource.manifest_sha256  # the mirror README's digest
+    assert (
+        hashlib.sha256(listing.encode()).hexdigest() == resource.manifest_sha256
+    )  # the mirror README's digest
 
 
 def test_offline_without_copy_names_dataset_url_and_folder(empty_root, monkeypatch):
@@ -132,10 +144,14 @@ def test_offline_without_copy_names_dataset_url_and_folder(empty_root, monkeypat
 def test_failed_download_gives_the_same_clear_error(empty_root, monkeypatch):
     monkeypatch.delenv("PDL_DATA_MIRROR", raising=False)
     monkeypatch.delenv("PDL_OFFLINE", raising=False)
-    unreachable = {name: f"http://127.0.0.1:9/{name}.gz" for name in RESOURCES["fashion-mnist"].file_urls}
+    unreachable = {
+        name: f"http://127.0.0.1:9/{name}.gz" for name in RESOURCES["fashion-mnist"].file_urls
+    }
     broken = store.Resource(**{**RESOURCES["fashion-mnist"].__dict__, "file_urls": unreachable})
     monkeypatch.setitem(RESOURCES, "fashion-mnist", broken)
-    with pytest.raises(DatasetNotFoundError, match=r"(?s)'fashion-mnist'.*127\.0\.0\.1:9.*The download failed"):
+    with pytest.raises(
+        DatasetNotFoundError, match=r"(?s)'fashion-mnist'.*127\.0\.0\.1:9.*The download failed"
+    ):
         ensure_with_source("fashion-mnist")
     assert not (empty_root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
 
@@ -143,7 +159,9 @@ def test_failed_download_gives_the_same_clear_error(empty_root, monkeypatch):
 def test_pdl_offline_0_is_online_so_a_failed_download_says_so(empty_root, monkeypatch):
     monkeypatch.delenv("PDL_DATA_MIRROR", raising=False)
     monkeypatch.setenv("PDL_OFFLINE", "0")  # "0" means online (see data.offline)
-    unreachable = {name: f"http://127.0.0.1:9/{name}.gz" for name in RESOURCES["fashion-mnist"].file_urls}
+    unreachable = {
+        name: f"http://127.0.0.1:9/{name}.gz" for name in RESOURCES["fashion-mnist"].file_urls
+    }
     broken = store.Resource(**{**RESOURCES["fashion-mnist"].__dict__, "file_urls": unreachable})
     monkeypatch.setitem(RESOURCES, "fashion-mnist", broken)
     with pytest.raises(DatasetNotFoundError) as error:
@@ -177,19 +195,27 @@ def test_fashion_mnist_tensors_are_standardized_with_the_stated_statistics():
 def test_fashion_mnist_dataset_matches_the_tensors():
     from torchvision.transforms import v2
 
-    dataset = fashion_mnist_dataset("test", transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
+    dataset = fashion_mnist_dataset(
+        "test", transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    )
     x, y = fashion_mnist_tensors("test", normalize=False, limit=5)
     assert len(dataset) == 10000
     for i in range(5):
         image, label = dataset[i]
-        torch.testing.assert_close(image.as_subclass(torch.Tensor), x[i])  # same pixels, same scaling
+        torch.testing.assert_close(
+            image.as_subclass(torch.Tensor), x[i]
+        )  # same pixels, same scaling
         assert label == y[i].item()
 
 
 def test_tensor_loader_yields_the_same_batches_as_a_plain_dataloader():
     x, y = torch.randn(100, 3), torch.arange(100)
-    fast = tensor_loader(x, y, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
-    plain = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    fast = tensor_loader(
+        x, y, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    plain = DataLoader(
+        TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     for (xa, ya), (xb, yb) in zip(fast, plain, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert len(fast) == 4
@@ -252,7 +278,9 @@ def test_imagenet_transform_settings_default_to_the_standard_preprocessing():
     image = Image.new("RGB", (300, 200), color=(120, 60, 30))
     assert repr(data.imagenet_transform(128, resize_size=146)) == repr(data.imagenet_transform(128))
     bicubic = v2.InterpolationMode.BICUBIC
-    custom = data.imagenet_transform(128, resize_size=160, mean=(0.5,) * 3, std=(0.25,) * 3, interpolation=bicubic)
+    custom = data.imagenet_transform(
+        128, resize_size=160, mean=(0.5,) * 3, std=(0.25,) * 3, interpolation=bicubic
+    )
     resize, normalize = custom.transforms[1], custom.transforms[-1]
     assert resize.size == [160] and resize.interpolation == bicubic
     assert (normalize.mean, normalize.std) == ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])

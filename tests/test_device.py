@@ -27,13 +27,19 @@ def test_environment_variable_forces_a_device(monkeypatch):
     assert get_device() == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("PDL_DEVICE", "cuda")
-    with pytest.raises(RuntimeError, match=r"PDL_DEVICE='cuda' \(an environment variable\) was requested but CUDA is not available"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"PDL_DEVICE='cuda' \(an environment variable\) was requested but CUDA is not available",
+    ):
         get_device()
 
 
 def test_a_device_name_that_is_not_one_names_where_it_came_from(monkeypatch):
     monkeypatch.setenv("PDL_DEVICE", "banana")
-    with pytest.raises(ValueError, match=r"PDL_DEVICE='banana' \(an environment variable\) is not a device: .*unset PDL_DEVICE"):
+    with pytest.raises(
+        ValueError,
+        match=r"PDL_DEVICE='banana' \(an environment variable\) is not a device: .*unset PDL_DEVICE",
+    ):
         get_device()
     with pytest.raises(ValueError, match=r"device 'gpu' is not a device: use 'cpu', 'cuda'"):
         get_device("gpu")
@@ -42,7 +48,10 @@ def test_a_device_name_that_is_not_one_names_where_it_came_from(monkeypatch):
 def test_a_gpu_index_beyond_the_machine_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(RuntimeError, match=r"device 'cuda:3' was requested but this machine has 1 CUDA device\(s\): cuda:0"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"device 'cuda:3' was requested but this machine has 1 CUDA device\(s\): cuda:0",
+    ):
         get_device("cuda:3")
     assert get_device("cuda:0") == torch.device("cuda:0")
 
@@ -72,8 +81,6 @@ def test_auto_precision_on_cuda_follows_the_compute_capability(monkeypatch, capa
     assert ("GradScaler" in str(policy)) == (dtype == torch.float16)
 
 
-
-
 def test_autocast_changes_matmul_dtype_only_when_enabled():
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     with precision_policy("cpu").autocast():
@@ -82,7 +89,9 @@ def test_autocast_changes_matmul_dtype_only_when_enabled():
         assert (a @ b).dtype == torch.bfloat16
     policy = precision_policy("cpu", "fp16")
     assert policy.make_scaler().is_enabled()
-    assert not precision_policy("cpu").make_scaler().is_enabled()  # a pass-through object, never None
+    assert (
+        not precision_policy("cpu").make_scaler().is_enabled()
+    )  # a pass-through object, never None
     assert "GradScaler" in str(policy)
 
 
@@ -106,7 +115,11 @@ def test_to_device_moves_nested_batches_and_keeps_types():
     from collections import namedtuple
 
     Pair = namedtuple("Pair", "x y")
-    batch = {"images": torch.zeros(2), "pair": Pair(torch.ones(1), [torch.ones(2), "label"]), "n": 3}
+    batch = {
+        "images": torch.zeros(2),
+        "pair": Pair(torch.ones(1), [torch.ones(2), "label"]),
+        "n": 3,
+    }
     moved = to_device(batch, torch.device("meta"))
     assert moved["images"].device.type == "meta"
     assert isinstance(moved["pair"], Pair) and moved["pair"].x.device.type == "meta"
@@ -118,6 +131,8 @@ def test_environment_report_and_doctor_command():
     report = environment_report("cpu")
     assert report["torch"] == torch.__version__ and report["device"] == "cpu"
     assert report["precision (auto)"] == "cpu: float32 (no autocast)"
-    out = subprocess.run([sys.executable, "-m", "pdl", "doctor"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pdl", "doctor"], capture_output=True, text=True, check=True
+    ).stdout
     assert f"torch             {torch.__version__}" in out
     assert "data root" in out

@@ -35,7 +35,9 @@ class Images(TensorDataset):
 def test_feature_extractor_outputs_what_the_head_receives(arch):
     model = make(arch).eval()
     received = []
-    model.get_submodule(head_path(model)).register_forward_hook(lambda m, inputs, out: received.append(inputs[0]))
+    model.get_submodule(head_path(model)).register_forward_hook(
+        lambda m, inputs, out: received.append(inputs[0])
+    )
     x = torch.randn(3, 3, 32, 32)
     with torch.inference_mode():
         model(x)
@@ -64,7 +66,9 @@ def test_cached_features_memory_then_disk(tmp_path):
     clear_feature_cache()
     from_disk = cached_features(model, data, cache_dir=tmp_path, device="cpu")
     assert (first.source, again.source, from_disk.source) == ("computed", "memory", "disk")
-    assert torch.equal(first.features, from_disk.features) and torch.equal(first.labels, from_disk.labels)
+    assert torch.equal(first.features, from_disk.features) and torch.equal(
+        first.labels, from_disk.labels
+    )
     assert (tmp_path / f"features-{first.key}.pt").is_file()
     assert first.features.shape == (8, 512)
 
@@ -91,7 +95,9 @@ def test_feature_key_tells_tensor_datasets_of_equal_length_apart():
     first, second = cached_features(model, a, device="cpu"), cached_features(model, b, device="cpu")
     assert (first.source, second.source) == ("computed", "computed")
     assert not torch.equal(first.features, second.features)
-    relabelled = TensorDataset(a.tensors[0], 1 - a.tensors[1])  # cached labels come from the dataset too
+    relabelled = TensorDataset(
+        a.tensors[0], 1 - a.tensors[1]
+    )  # cached labels come from the dataset too
     assert feature_key(model, relabelled) != feature_key(model, TensorDataset(*a.tensors))
 
 
@@ -131,7 +137,9 @@ def test_feature_key_covers_every_head_layer_before_the_last_linear():
 
 def test_caching_augmented_images_warns():
     with pytest.warns(UserWarning, match="randomly augmented"):
-        cached_features(make("resnet18"), Images(4, transform=v2.RandomHorizontalFlip()), device="cpu")
+        cached_features(
+            make("resnet18"), Images(4, transform=v2.RandomHorizontalFlip()), device="cpu"
+        )
 
 
 def test_linear_probe_on_features_plugs_into_the_model():
@@ -140,7 +148,9 @@ def test_linear_probe_on_features_plugs_into_the_model():
     train = cached_features(model, data, device="cpu")
     # Make the classes separable in feature space: what pretrained features do for real images.
     labels = (train.features[:, 0] > train.features[:, 0].median()).long()
-    head, history = fit_linear_probe((train.features, labels), (train.features, labels), 2, epochs=60, lr=0.05)
+    head, history = fit_linear_probe(
+        (train.features, labels), (train.features, labels), 2, epochs=60, lr=0.05
+    )
     assert history["val_accuracy"][-1] >= 0.9
     replace_head(model, head)
     with torch.inference_mode():
@@ -168,7 +178,6 @@ def test_mirror_features_are_real_imagenet_features():
     assert accuracies[None] <= accuracies[MIRROR_WEIGHTS] - 0.15, accuracies
 
 
-
 def test_feature_extractor_stays_in_eval_mode_inside_a_training_model():
     extractor = feature_extractor(make("mobilenet_v2"))  # its head keeps a Dropout
     model = nn.Sequential(extractor, nn.Linear(1280, 2)).train()
@@ -186,7 +195,9 @@ def test_the_memory_cache_hands_out_copies():
     reference = first.features.clone()
     first.features.sub_(first.features.mean(0))  # an in-place edit by the caller ...
     again = cached_features(model, data, device="cpu")
-    assert again.source == "memory" and torch.equal(again.features, reference)  # ... does not reach the cache
+    assert again.source == "memory" and torch.equal(
+        again.features, reference
+    )  # ... does not reach the cache
     again.labels.fill_(7)
     assert torch.equal(cached_features(model, data, device="cpu").labels, data.tensors[1])
 
@@ -196,9 +207,13 @@ def test_extract_features_on_unlabeled_images_returns_no_labels():
     unlabeled = TensorDataset(torch.randn(5, 3, 32, 32))  # yields (image,) tuples
     features, labels = extract_features(extractor, unlabeled, batch_size=2, device="cpu")
     assert features.shape == (5, 512) and labels is None
-    loader = torch.utils.data.DataLoader(torch.randn(3, 3, 32, 32), batch_size=2)  # yields bare image batches
+    loader = torch.utils.data.DataLoader(
+        torch.randn(3, 3, 32, 32), batch_size=2
+    )  # yields bare image batches
     assert extract_features(extractor, loader, device="cpu")[0].shape == (3, 512)
-    with pytest.raises(TypeError, match=r"needs batches of images, or \(images, labels\) pairs; got a dict"):
+    with pytest.raises(
+        TypeError, match=r"needs batches of images, or \(images, labels\) pairs; got a dict"
+    ):
         extract_features(extractor, [{"image": torch.randn(1, 3, 32, 32)}], device="cpu")
 
 

@@ -29,7 +29,11 @@ MISTAKE_CELL = 'raise RuntimeError("a cell that fails on purpose")'
 
 def as_student_answer(solution: str, stub: str) -> str:
     """A worked solution pasted into its stub: ``x_solution`` renamed ``x``, the stub's own check call."""
-    lines = [ln for ln in solution.splitlines() if "solution=True" not in ln and ln.strip() != "# Solution"]
+    lines = [
+        ln
+        for ln in solution.splitlines()
+        if "solution=True" not in ln and ln.strip() != "# Solution"
+    ]
     renamed = re.sub(r"\b(\w+?)_solution\b", r"\1", "\n".join(lines))
     checks = [ln for ln in stub.splitlines() if ln.startswith("pdl.checks.check_")]
     return renamed.rstrip() + "\n\n" + "\n".join(checks)
@@ -37,12 +41,17 @@ def as_student_answer(solution: str, stub: str) -> str:
 
 def solved(source: nbformat.NotebookNode, release: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The student release with every worked solution of ``source`` pasted into its stub."""
-    solutions = {CHECK_CALL.findall(c.source)[0]: c.source for c in source.cells
-                 if c.cell_type == "code" and "solution" in tags(c)}
+    solutions = {
+        CHECK_CALL.findall(c.source)[0]: c.source
+        for c in source.cells
+        if c.cell_type == "code" and "solution" in tags(c)
+    }
     nb = nbformat.from_dict(json.loads(json.dumps(release)))
     for cell in nb.cells:
         if cell.cell_type == "code" and "exercise" in tags(cell):
-            cell.source = as_student_answer(solutions[CHECK_CALL.findall(cell.source)[0]], cell.source)
+            cell.source = as_student_answer(
+                solutions[CHECK_CALL.findall(cell.source)[0]], cell.source
+            )
     return nb
 
 
@@ -54,7 +63,11 @@ def with_mistake(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, str,
     nb = nbformat.from_dict(json.loads(json.dumps(nb)))
     index, cell = next((i, c) for i, c in enumerate(nb.cells) if "exercise" in tags(c))
     name, answer = re.search(r"^pdl\.checks\.check_(\w+)\((\w+)", cell.source, re.M).groups()
-    cell.source = cell.source.replace(f"pdl.checks.check_{name}(", f"{answer} = None  # a deliberate mistake\npdl.checks.check_{name}(", 1)
+    cell.source = cell.source.replace(
+        f"pdl.checks.check_{name}(",
+        f"{answer} = None  # a deliberate mistake\npdl.checks.check_{name}(",
+        1,
+    )
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell(MISTAKE_CELL))
     pdl.checks.core.forget()
     getattr(pdl.checks, f"check_{name}")(None)  # the same check, here, on the same mistake
@@ -78,12 +91,25 @@ def graded(tmp_path_factory):
     nbformat.write(mistaken, folder / "mistake.ipynb")
     (folder / "release").rmdir()
     table = folder / "grades.csv"
-    done = subprocess.run([sys.executable, "-m", "pdl", "grade", str(folder), "--json", "--csv", str(table)],
-                          capture_output=True, text=True, timeout=1200, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "pdl", "grade", str(folder), "--json", "--csv", str(table)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=REPO,
+    )
     assert done.stdout.strip(), done.stderr[-3000:]
-    grades = {g["submission"].rsplit("/", 1)[-1].removesuffix(".ipynb"): g for g in json.loads(done.stdout)}
-    return {"grades": grades, "returncode": done.returncode, "csv": table, "n": len(exercise_names(source)),
-            "mistake": (name, message)}
+    grades = {
+        g["submission"].rsplit("/", 1)[-1].removesuffix(".ipynb"): g
+        for g in json.loads(done.stdout)
+    }
+    return {
+        "grades": grades,
+        "returncode": done.returncode,
+        "csv": table,
+        "n": len(exercise_names(source)),
+        "mistake": (name, message),
+    }
 
 
 def statuses(grade: dict) -> dict[str, str]:
@@ -99,7 +125,9 @@ def test_the_shipped_notebook_grades_zero(graded):
 
 def test_the_student_release_runs_top_to_bottom(graded):
     grade = graded["grades"]["student"]
-    assert grade["errors"] == [], "the release (solutions removed, stubs unsolved) must run without errors"
+    assert grade["errors"] == [], (
+        "the release (solutions removed, stubs unsolved) must run without errors"
+    )
     assert grade["total"] == graded["n"] and set(statuses(grade).values()) == {"not attempted"}
 
 
@@ -135,8 +163,13 @@ def _sha(path):
 
 def test_the_student_release_has_no_solutions_and_leaves_the_sources_alone(tmp_path):
     before = {p: _sha(p) for p in notebook_paths()}
-    done = subprocess.run([sys.executable, "tools/student_release.py", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "tools/student_release.py", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
     assert {p: _sha(p) for p in notebook_paths()} == before, "the sources must stay as they are"
     for path in notebook_paths():
@@ -144,14 +177,24 @@ def test_the_student_release_has_no_solutions_and_leaves_the_sources_alone(tmp_p
         nbformat.validate(release)
         text = json.dumps(release)
         assert not [c for c in release.cells if "solution" in tags(c)], path.name
-        assert not re.search(r"\w_solution\b|solution=True|#### Solution", text), f"{path.name} reveals a solution"
-        assert set(release.metadata["pdl"]) <= {*RUN_SETTINGS, "exercises"}, "results and checks are the instructor's"
-        assert release.metadata["pdl"]["exercises"] == exercise_names(nbformat.read(path, as_version=4))
-        assert not any(c.get("outputs") or c.get("execution_count") for c in release.cells if c.cell_type == "code")
+        assert not re.search(r"\w_solution\b|solution=True|#### Solution", text), (
+            f"{path.name} reveals a solution"
+        )
+        assert set(release.metadata["pdl"]) <= {*RUN_SETTINGS, "exercises"}, (
+            "results and checks are the instructor's"
+        )
+        assert release.metadata["pdl"]["exercises"] == exercise_names(
+            nbformat.read(path, as_version=4)
+        )
+        assert not any(
+            c.get("outputs") or c.get("execution_count")
+            for c in release.cells
+            if c.cell_type == "code"
+        )
 
 
 # A notebook made up for the edge cases, with its own check (registered like the course's).
-_SETUP = '''\
+_SETUP = """\
 import pdl.checks
 from pdl.checks.core import call_safely, exercise, report
 
@@ -160,23 +203,30 @@ def check_double(fn):
     result, problem = call_safely(fn, 2)
     return report("double", problem or (None if result == 4 else f"got {result!r}, expected 4"))
 
-pdl.checks.check_double = check_double'''
+pdl.checks.check_double = check_double"""
 
 
 def test_timeouts_syntax_errors_and_missing_cells(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.metadata["pdl"] = {"exercises": ["double", "deleted"], "timeout": 600}
-    cells = [(_SETUP, []), ("import time\ntime.sleep(600)", []),
-             ("def broken(:\npdl.checks.check_broken(broken);", ["exercise"]),
-             ("double = lambda x: 2 * x\npdl.checks.check_double(double);", ["exercise"])]
+    cells = [
+        (_SETUP, []),
+        ("import time\ntime.sleep(600)", []),
+        ("def broken(:\npdl.checks.check_broken(broken);", ["exercise"]),
+        ("double = lambda x: 2 * x\npdl.checks.check_double(double);", ["exercise"]),
+    ]
     for source, cell_tags in cells:
         nb.cells.append(nbformat.v4.new_code_cell(source, metadata={"tags": cell_tags}))
     nbformat.write(nb, tmp_path / "edge.ipynb")
     grade = grade_notebook(tmp_path / "edge.ipynb", timeout=30)  # the set-up cell imports torch
     by_name = {e.name: e for e in grade.exercises}
     assert list(by_name) == ["double", "deleted", "broken"]
-    assert by_name["double"].status == "passed", "the interrupted cell before it did not stop grading"
-    assert by_name["deleted"].status == "not attempted" and "never ran" in by_name["deleted"].message
+    assert by_name["double"].status == "passed", (
+        "the interrupted cell before it did not stop grading"
+    )
+    assert (
+        by_name["deleted"].status == "not attempted" and "never ran" in by_name["deleted"].message
+    )
     assert by_name["broken"].status == "failed" and "SyntaxError" in by_name["broken"].message
     assert any("time limit" in error and "cell 2" in error for error in grade.errors), grade.errors
     assert exit_status([grade]) == 1

@@ -38,12 +38,16 @@ def test_binary_metrics_take_single_logits():
 
 
 def test_confusion_matrix_rows_are_true_classes():
-    matrix = confusion_matrix(torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]]), torch.tensor([0, 1, 1]), 2)
+    matrix = confusion_matrix(
+        torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]]), torch.tensor([0, 1, 1]), 2
+    )
     assert matrix.tolist() == [[1, 0], [1, 1]]
 
 
 def test_plot_history_log_scale_and_both_splits():
-    ax = plot_history({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.2, 0.9]}, label="mlp")
+    ax = plot_history(
+        {"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.2, 0.9]}, label="mlp"
+    )
     assert ax.get_yscale() == "log"
     assert [line.get_label() for line in ax.get_lines()] == ["mlp train", "mlp val"]
     assert plot_history({"train_accuracy": [0.5, 0.7]}, metric="accuracy").get_yscale() == "linear"
@@ -62,8 +66,14 @@ def test_compare_histories_one_line_per_run():
 
 def test_show_images_marks_wrong_predictions_and_denormalizes():
     images = torch.zeros(3, 3, 8, 8)  # normalized zeros = the mean colour
-    fig = show_images(images, [0, 1, 1], predictions=[0, 0, 1], class_names=["ant", "bee"],
-                      mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2])
+    fig = show_images(
+        images,
+        [0, 1, 1],
+        predictions=[0, 0, 1],
+        class_names=["ant", "bee"],
+        mean=[0.5, 0.4, 0.3],
+        std=[0.2, 0.2, 0.2],
+    )
     titles = [(ax.get_title(), ax.title.get_color()) for ax in fig.axes]
     assert titles == [("ant", "black"), ("ant\n(true: bee)", "red"), ("bee", "black")]
     shown = fig.axes[0].get_images()[0].get_array()

@@ -22,8 +22,18 @@ from tools.run_notebooks import REPO
 # Built from parts, so that this file never names the URL it moves the course to (moving back
 # would rewrite it here too).
 NEW = Repository("https://github.com/" + "someone/deep-learning-course", "fall-2027")
-COPIED_OUT = shutil.ignore_patterns("build", "data", "node_modules", ".venv", ".git", "__pycache__",
-                                    ".pytest_cache", ".ruff_cache", "runs", ".ipynb_checkpoints")
+COPIED_OUT = shutil.ignore_patterns(
+    "build",
+    "data",
+    "node_modules",
+    ".venv",
+    ".git",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "runs",
+    ".ipynb_checkpoints",
+)
 
 
 def test_doctests():
@@ -40,8 +50,17 @@ def checkout(tmp_path):
 def make_repository(root: Path, *arguments: str) -> subprocess.CompletedProcess:
     """``make repository ...`` in ``root``, with the Python (and venv) running these tests."""
     venv = Path(sys.prefix)
-    command = ["make", "-C", str(root), "--no-print-directory", f"VENV={venv}", "-o", str(venv / ".installed"),
-               "repository", *arguments]
+    command = [
+        "make",
+        "-C",
+        str(root),
+        "--no-print-directory",
+        f"VENV={venv}",
+        "-o",
+        str(venv / ".installed"),
+        "repository",
+        *arguments,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -50,7 +69,9 @@ def links(root: Path) -> dict[str, tuple[str, str]]:
     found = {}
     for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         cells = nbformat.read(path, as_version=4).cells
-        badge = re.search(r"\]\((https://colab\.research\.google\.com/github/[^)]+)\)", cells[0].source)
+        badge = re.search(
+            r"\]\((https://colab\.research\.google\.com/github/[^)]+)\)", cells[0].source
+        )
         source = next(m for c in cells if (m := re.search(r'PDL_SOURCE = "([^"]+)"', c.source)))
         found[path.name] = (badge.group(1) if badge else "", source.group(1))
     return found
@@ -58,7 +79,10 @@ def links(root: Path) -> dict[str, tuple[str, str]]:
 
 def test_one_setting_and_everything_agrees_with_it():
     repository = current()
-    assert repository.url == re.search(r'^Repository = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)[1]
+    assert (
+        repository.url
+        == re.search(r'^Repository = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)[1]
+    )
     for name, (badge, source) in links(REPO).items():
         assert (badge, source) == (repository.colab(name), repository.install_source), name
 
@@ -69,17 +93,26 @@ def test_make_repository_rewrites_every_badge_set_up_cell_and_link(checkout):
     done = make_repository(checkout, f"REPO={NEW.url}", f"BRANCH={NEW.branch}")
     assert done.returncode == 0, done.stdout + done.stderr
     assert current(checkout) == NEW
-    assert links(checkout) == {name: (NEW.colab(name), NEW.install_source) for name in links(checkout)}
+    assert links(checkout) == {
+        name: (NEW.colab(name), NEW.install_source) for name in links(checkout)
+    }
     assert NEW.colab_prefix in (checkout / "notebooks" / "README.md").read_text()
-    assert f'PDL_SOURCE = "{NEW.install_source}"' in (checkout / "notebooks" / "README.md").read_text()
+    assert (
+        f'PDL_SOURCE = "{NEW.install_source}"' in (checkout / "notebooks" / "README.md").read_text()
+    )
     assert NEW.url in (checkout / "README.md").read_text()
-    left = [str(p.relative_to(checkout)) for p in text_files(checkout)
-            if old.url in p.read_text() or f"github/{old.slug}/" in p.read_text()]
+    left = [
+        str(p.relative_to(checkout))
+        for p in text_files(checkout)
+        if old.url in p.read_text() or f"github/{old.slug}/" in p.read_text()
+    ]
     assert not left, f"still naming {old.url}: {left}"
     # Moving back restores every file byte for byte: nothing but the URLs was touched.
     done = make_repository(checkout, f"REPO={old.url}", f"BRANCH={old.branch}")
     assert done.returncode == 0, done.stdout + done.stderr
-    changed = [str(p.relative_to(checkout)) for p, data in original.items() if p.read_bytes() != data]
+    changed = [
+        str(p.relative_to(checkout)) for p, data in original.items() if p.read_bytes() != data
+    ]
     assert not changed, f"not restored: {changed}"
 
 

@@ -34,9 +34,17 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:.*Check CHANGES for Sphinx API modifications")
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run", "--window-size=1280,1000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,1000",
+]
 SCREENSHOTS = REPO / "build" / "site-screenshots"
 
 
@@ -53,7 +61,11 @@ def lectures_to_build_from() -> Path:
 
 def rendered_decks() -> Path:
     """build/slides/, rendered first if a lecture's deck is missing."""
-    if not all((SLIDES / f"{p.stem}.{kind}").is_file() for p in notebook_paths() for kind in ("html", "pdf")):
+    if not all(
+        (SLIDES / f"{p.stem}.{kind}").is_file()
+        for p in notebook_paths()
+        for kind in ("html", "pdf")
+    ):
         from tools.build_slides import build as build_slides
 
         build_slides(SLIDES, verbose=False)
@@ -90,7 +102,9 @@ def server(site):
 def browser(tmp_path_factory):
     """Headless Debian Chromium with a fresh profile, logging the console and the network."""
     if not Path(CHROMEDRIVER).is_file() or not shutil.which("chromium"):
-        pytest.fail("the browser tests need chromium and chromedriver (apt-get install chromium chromium-driver)")
+        pytest.fail(
+            "the browser tests need chromium and chromedriver (apt-get install chromium chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
@@ -130,32 +144,53 @@ def crawl(site, server, browser):
     visited = {}
     for url in page_urls(site["root"], server):
         browser.get(url)
-        browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")  # lazy images load too
-        WebDriverWait(browser, 30).until(lambda d: d.execute_script(
-            "return [...document.images].every(i => i.complete)"))
+        browser.execute_script(
+            "window.scrollTo(0, document.body.scrollHeight)"
+        )  # lazy images load too
+        WebDriverWait(browser, 30).until(
+            lambda d: d.execute_script("return [...document.images].every(i => i.complete)")
+        )
         found = browser.execute_async_script(_INSPECT)
-        found["console"] = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]  # errors
-        found["requests"] = [json.loads(e["message"])["message"]["params"]["request"]["url"]
-                             for e in browser.get_log("performance")
-                             if json.loads(e["message"])["message"]["method"] == "Network.requestWillBeSent"]
+        found["console"] = [
+            e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+        ]  # errors
+        found["requests"] = [
+            json.loads(e["message"])["message"]["params"]["request"]["url"]
+            for e in browser.get_log("performance")
+            if json.loads(e["message"])["message"]["method"] == "Network.requestWillBeSent"
+        ]
         visited[url] = found
     return visited
 
 
 def test_every_page_has_its_parts(site):
     root = site["root"]
-    assert site["pages"] >= len(notebook_paths()) + 5, "a page per lecture, home, set-up, troubleshooting, instructors, API"
+    assert site["pages"] >= len(notebook_paths()) + 5, (
+        "a page per lecture, home, set-up, troubleshooting, instructors, API"
+    )
     home = (root / "index.html").read_text()
     for path in notebook_paths():
         page = root / "notebooks" / f"{path.stem}.html"
         assert page.is_file(), f"no page for lecture {path.stem}"
         html = page.read_text()
-        assert f'href="../slides/{path.stem}.html"' in html and f'href="../slides/{path.stem}.pdf"' in html
+        assert (
+            f'href="../slides/{path.stem}.html"' in html
+            and f'href="../slides/{path.stem}.pdf"' in html
+        )
         assert "colab-badge.svg" in html and "colab.research.google.com/github/" in html
         assert f"notebooks/{path.stem}.html" in home, "the syllabus links every lecture"
-    for page in ("setup", "troubleshooting", "instructors", "api", "api/pdl.train", "api/pdl.checks.core"):
+    for page in (
+        "setup",
+        "troubleshooting",
+        "instructors",
+        "api",
+        "api/pdl.train",
+        "api/pdl.checks.core",
+    ):
         assert (root / f"{page}.html").is_file(), page
-    assert "pdl.train.fit" in (root / "api" / "pdl.train.html").read_text(), "the API reference documents fit"
+    assert "pdl.train.fit" in (root / "api" / "pdl.train.html").read_text(), (
+        "the API reference documents fit"
+    )
     assert 'id="set-up-two-commands"' in home and 'id="syllabus"' in home
 
 
@@ -164,25 +199,42 @@ def test_nothing_is_loaded_from_another_host(site):
     offenders = []
     for page in site["root"].rglob("*.html"):
         html = page.read_text(errors="replace")
-        for tag, attribute, value in re.findall(r"<(script|link|img|iframe|source)\b[^>]*?\b(src|href)=\"([^\"]*)\"", html):
+        for tag, attribute, value in re.findall(
+            r"<(script|link|img|iframe|source)\b[^>]*?\b(src|href)=\"([^\"]*)\"", html
+        ):
             if re.match(r"(?:[a-z]+:)?//", value) and not value.startswith("data:"):
                 offenders.append(f"{page.relative_to(site['root'])}: <{tag} {attribute}={value}>")
     css = [p for p in site["root"].rglob("*.css")]
-    offenders += [f"{p.relative_to(site['root'])}: {m}" for p in css
-                  for m in re.findall(r"url\(\s*['\"]?((?:https?:)?//[^)'\"]+)", p.read_text(errors="replace"))]
+    offenders += [
+        f"{p.relative_to(site['root'])}: {m}"
+        for p in css
+        for m in re.findall(
+            r"url\(\s*['\"]?((?:https?:)?//[^)'\"]+)", p.read_text(errors="replace")
+        )
+    ]
     assert not offenders, "fetched from the network at view time:\n" + "\n".join(offenders[:20])
 
 
 def test_every_page_loads_without_console_errors(crawl):
-    problems = [f"{url}: {e['level']} {e['message']}" for url, found in crawl.items() for e in found["console"]]
+    problems = [
+        f"{url}: {e['level']} {e['message']}"
+        for url, found in crawl.items()
+        for e in found["console"]
+    ]
     problems += [f"{url}: {found['error']}" for url, found in crawl.items() if "error" in found]
     assert not problems, "\n".join(problems[:20])
 
 
 def test_no_request_leaves_localhost(crawl, server):
     # chrome:// is the browser's own pages (its new-tab page at start-up), never the network.
-    outside = sorted({f"{url} -> {request}" for url, found in crawl.items() for request in found["requests"]
-                      if not request.startswith((server, "data:", "blob:", "about:", "chrome://"))})
+    outside = sorted(
+        {
+            f"{url} -> {request}"
+            for url, found in crawl.items()
+            for request in found["requests"]
+            if not request.startswith((server, "data:", "blob:", "about:", "chrome://"))
+        }
+    )
     assert not outside, "\n".join(outside[:20])
 
 
@@ -212,25 +264,35 @@ def test_every_internal_link_and_image_resolves(site, crawl, server):
                     ids[path] = set(re.findall(r'\bid="([^"]+)"', path.read_text(errors="replace")))
                 if unquote(fragment) not in ids[path]:
                     broken.append(f"{url}: {ref} (no such anchor)")
-        broken += [f"{url}: image {src} did not load" for src, loaded in found["images"] if not loaded]
+        broken += [
+            f"{url}: image {src} did not load" for src, loaded in found["images"] if not loaded
+        ]
     assert not broken, "\n".join(broken[:30])
 
 
 def test_math_is_rendered(crawl):
     with_math = {url: found for url, found in crawl.items() if found.get("math")}
     assert with_math, "no page has math: the lecture notebooks do"
-    unrendered = [f"{url}: {f['typeset']} of {f['math']} formulas typeset, {f['math_errors']} TeX errors"
-                  for url, f in with_math.items() if f["typeset"] < f["math"] or f["math_errors"]]
+    unrendered = [
+        f"{url}: {f['typeset']} of {f['math']} formulas typeset, {f['math_errors']} TeX errors"
+        for url, f in with_math.items()
+        if f["typeset"] < f["math"] or f["math_errors"]
+    ]
     assert not unrendered, "\n".join(unrendered)
 
 
 def _search(browser, url: str) -> list[str]:
     browser.get(url)
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script(
-        "const s = document.querySelector('#search-results .search-summary');"
-        "return s && /found|did not match/.test(s.innerText)"))
-    return browser.execute_script("return [...document.querySelectorAll('#search-results ul.search li a')]"
-                                  ".map(a => a.getAttribute('href'))")
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script(
+            "const s = document.querySelector('#search-results .search-summary');"
+            "return s && /found|did not match/.test(s.innerText)"
+        )
+    )
+    return browser.execute_script(
+        "return [...document.querySelectorAll('#search-results ul.search li a')]"
+        ".map(a => a.getAttribute('href'))"
+    )
 
 
 def test_search_finds_batchnorm_served_and_from_disk(site, server, browser):
@@ -244,14 +306,18 @@ def test_search_finds_batchnorm_served_and_from_disk(site, server, browser):
 
 def test_screenshots(site, server, browser):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    lecture = next((p.stem for p in notebook_paths() if p.stem.startswith("06")), notebook_paths()[0].stem)
+    lecture = next(
+        (p.stem for p in notebook_paths() if p.stem.startswith("06")), notebook_paths()[0].stem
+    )
     shots = {"home.png": "index.html", "lecture.png": f"notebooks/{lecture}.html"}
     for name, page in shots.items():
         browser.get(urljoin(server, page))
         browser.execute_async_script(_INSPECT)  # wait for the math
         assert browser.save_screenshot(str(SCREENSHOTS / name))
     # A second view of the lecture: where its first formula is, to see it typeset.
-    browser.execute_script("document.querySelector('mjx-container')?.scrollIntoView({block: 'center'})")
+    browser.execute_script(
+        "document.querySelector('mjx-container')?.scrollIntoView({block: 'center'})"
+    )
     assert browser.save_screenshot(str(SCREENSHOTS / "lecture-math.png"))
     for name in [*shots, "lecture-math.png"]:
         assert (SCREENSHOTS / name).stat().st_size > 10_000, f"{name} looks empty"

@@ -49,8 +49,29 @@ MIN_SLIDES, MAX_SLIDES = 15, 40
 # to read from the back of the room. 88 characters fit the theme's code font at full size.
 MAX_CODE_LINE = 88
 # Words a syllabus fragment may leave uncovered: connectives, not topics.
-STOPWORDS = {"a", "an", "and", "as", "by", "e", "for", "from", "g", "in", "is", "it", "its", "of", "on",
-             "or", "the", "then", "to", "vs", "with"}
+STOPWORDS = {
+    "a",
+    "an",
+    "and",
+    "as",
+    "by",
+    "e",
+    "for",
+    "from",
+    "g",
+    "in",
+    "is",
+    "it",
+    "its",
+    "of",
+    "on",
+    "or",
+    "the",
+    "then",
+    "to",
+    "vs",
+    "with",
+}
 
 
 @pytest.fixture(scope="session")
@@ -97,20 +118,26 @@ def test_front_matter(name):
 @pytest.mark.parametrize("name", LECTURES)
 def test_slide_count(name):
     count = len(DECKS[name].slides)
-    assert MIN_SLIDES <= count <= MAX_SLIDES, f"{name} has {count} slides; aim for {MIN_SLIDES}-{MAX_SLIDES}"
+    assert MIN_SLIDES <= count <= MAX_SLIDES, (
+        f"{name} has {count} slides; aim for {MIN_SLIDES}-{MAX_SLIDES}"
+    )
 
 
 @pytest.mark.parametrize("name", LECTURES)
 def test_deck_ends_with_its_notebook(name):
     last = DECKS[name].slides[-1]
-    assert f"notebooks/{name}.ipynb" in last.text, f"the last slide of {name} must point to its notebook"
+    assert f"notebooks/{name}.ipynb" in last.text, (
+        f"the last slide of {name} must point to its notebook"
+    )
 
 
 @pytest.mark.parametrize("name", LECTURES)
 def test_speaker_notes(name):
     deck = DECKS[name]
     without = [slide.number for slide in deck.slides if not slide.notes]
-    assert len(without) <= len(deck.slides) // 10, f"{name}: slides without speaker notes: {without}"
+    assert len(without) <= len(deck.slides) // 10, (
+        f"{name}: slides without speaker notes: {without}"
+    )
 
 
 @pytest.mark.parametrize("name", LECTURES)
@@ -118,31 +145,43 @@ def test_code_blocks_are_marked_and_readable(name):
     for block in DECKS[name].code:
         where = f"{name} slide {block.slide} (line {block.line})"
         assert block.lang, f"{where}: a code block needs a language for highlighting"
-        assert block.lang not in ("py", "python3", "ipython"), f"{where}: write ```python (or ```python skip)"
+        assert block.lang not in ("py", "python3", "ipython"), (
+            f"{where}: write ```python (or ```python skip)"
+        )
         if block.lang == "python":
             words = block.info.split()
             assert words == ["python"] or words[1] == "skip", (
                 f"{where}: unknown marker {block.info!r}; use ```python, or ```python skip for a block "
-                "that is deliberately not run")
+                "that is deliberately not run"
+            )
         long = [line for line in block.source.splitlines() if len(line) > MAX_CODE_LINE]
-        assert not long, f"{where}: lines over {MAX_CODE_LINE} characters get shrunk on the slide: {long}"
+        assert not long, (
+            f"{where}: lines over {MAX_CODE_LINE} characters get shrunk on the slide: {long}"
+        )
 
 
 def test_skip_marker_is_recognized(tmp_path):
     deck_file = tmp_path / "99_demo.md"
-    deck_file.write_text("---\nmarp: true\n---\n\n```python skip\nimport tensorflow\n```\n\n---\n\n"
-                         "```python\nx = \"\"\"\n---\n\"\"\"\n```\n\n```bash\nls\n```\n")
+    deck_file.write_text(
+        "---\nmarp: true\n---\n\n```python skip\nimport tensorflow\n```\n\n---\n\n"
+        '```python\nx = """\n---\n"""\n```\n\n```bash\nls\n```\n'
+    )
     deck = parse_deck(deck_file)
     assert len(deck.slides) == 2, "a --- inside a code block is not a slide break"
-    assert [(b.lang, b.skipped, b.slide) for b in deck.code] == [("python", True, 1), ("python", False, 2),
-                                                                  ("bash", False, 2)]
+    assert [(b.lang, b.skipped, b.slide) for b in deck.code] == [
+        ("python", True, 1),
+        ("python", False, 2),
+        ("bash", False, 2),
+    ]
     run = run_code(deck, timeout=60)
     assert run.ok and run.ran == 1 and run.skipped == 1
 
 
 def test_a_failing_block_is_reported_with_its_slide(tmp_path):
     deck_file = tmp_path / "99_demo.md"
-    deck_file.write_text("---\nmarp: true\n---\n\n```python\nx = 1\n```\n\n---\n\n```python\nx + 'a'\n```\n")
+    deck_file.write_text(
+        "---\nmarp: true\n---\n\n```python\nx = 1\n```\n\n---\n\n```python\nx + 'a'\n```\n"
+    )
     run = run_code(parse_deck(deck_file), timeout=60)
     assert not run.ok
     assert run.failed_at == "slide 2, line 11"
@@ -181,7 +220,9 @@ def syllabus_sections(course_md: str) -> dict[str, str]:
     in_syllabus = False
     for line in course_md.splitlines():
         if line.startswith("## "):
-            in_syllabus = line.strip() == "## Syllabus: eight lectures" or line.startswith("## Syllabus")
+            in_syllabus = line.strip() == "## Syllabus: eight lectures" or line.startswith(
+                "## Syllabus"
+            )
             current = None
             continue
         if not in_syllabus:
@@ -207,7 +248,10 @@ def uncovered(section: str, fragments: list[str]) -> tuple[list[str], list[str]]
 
 def test_coverage_check_finds_gaps():
     section = "creation, dtype, shape and views, broadcasting."
-    assert uncovered(section, ["creation,", "dtype,", "shape and views,", "broadcasting."]) == ([], [])
+    assert uncovered(section, ["creation,", "dtype,", "shape and views,", "broadcasting."]) == (
+        [],
+        [],
+    )
     assert uncovered(section, ["creation,", "dtype,", "broadcasting."]) == ([], ["shape", "views"])
     assert uncovered(section, ["creation,", "dtypes,"])[0] == ["dtypes,"]
 
@@ -244,8 +288,11 @@ def test_checklist_covers_the_syllabus():
 def test_images_are_generated_figures(name):
     for slide, link in DECKS[name].images:
         assert re.fullmatch(r"figures/[\w-]+\.png", link), (
-            f"{name} slide {slide}: link {link!r}; decks link generated figures as figures/<name>.png")
-        assert Path(link).stem in FIGURES, f"{name} slide {slide}: {link} is not drawn by tools/make_figures.py"
+            f"{name} slide {slide}: link {link!r}; decks link generated figures as figures/<name>.png"
+        )
+        assert Path(link).stem in FIGURES, (
+            f"{name} slide {slide}: {link} is not drawn by tools/make_figures.py"
+        )
 
 
 def test_every_figure_is_used():
@@ -259,11 +306,13 @@ def test_every_figure_is_used():
 
 
 def test_marp_warning_filter():
-    log = ("[  INFO ] Converting 1 markdown...\n"
-           f"[  WARN ] {EXPECTED_WARNINGS[0]} for conversion from a.md.\n"
-           "[  WARN ] The local file is missing and will be ignored. Make sure the file path\n"
-           "          is correct.\n"
-           "[ ERROR ] Failed converting Markdown.\n")
+    log = (
+        "[  INFO ] Converting 1 markdown...\n"
+        f"[  WARN ] {EXPECTED_WARNINGS[0]} for conversion from a.md.\n"
+        "[  WARN ] The local file is missing and will be ignored. Make sure the file path\n"
+        "          is correct.\n"
+        "[ ERROR ] Failed converting Markdown.\n"
+    )
     assert marp_warnings(log) == [
         "[  WARN ] The local file is missing and will be ignored. Make sure the file path is correct.",
         "[ ERROR ] Failed converting Markdown.",
@@ -283,7 +332,9 @@ def test_deck_renders_without_warnings(rendered, name):
     report = reports[name]
     assert (out / f"{name}.html").stat().st_size > 0
     assert (out / f"{name}.pdf").stat().st_size > 0
-    assert not report.warnings, f"Marp warned while rendering {name}:\n  " + "\n  ".join(report.warnings)
+    assert not report.warnings, f"Marp warned while rendering {name}:\n  " + "\n  ".join(
+        report.warnings
+    )
 
 
 @pytest.mark.parametrize("name", LECTURES)
@@ -291,22 +342,30 @@ def test_pdf_has_one_page_per_slide(rendered, name):
     _, reports = rendered
     report = reports[name]
     slides = len(DECKS[name].slides)
-    assert report.html_slides == slides, f"{name}: HTML has {report.html_slides} slides, the deck {slides}"
-    assert report.pdf_pages == slides, f"{name}: PDF has {report.pdf_pages} pages, the deck {slides} slides"
+    assert report.html_slides == slides, (
+        f"{name}: HTML has {report.html_slides} slides, the deck {slides}"
+    )
+    assert report.pdf_pages == slides, (
+        f"{name}: PDF has {report.pdf_pages} pages, the deck {slides} slides"
+    )
 
 
 @pytest.mark.parametrize("name", LECTURES)
 def test_nothing_overflows_the_slides(rendered, name):
     _, reports = rendered
     overflow = reports[name].overflow
-    assert not overflow, f"{name}: text runs into the margin (too much on one slide):\n  " + "\n  ".join(
-        f"slide {page}: {text[:120]}" for page, text in overflow)
+    assert not overflow, (
+        f"{name}: text runs into the margin (too much on one slide):\n  "
+        + "\n  ".join(f"slide {page}: {text[:120]}" for page, text in overflow)
+    )
 
 
 @pytest.mark.parametrize("name", LECTURES)
 def test_linked_images_exist_after_figure_generation(rendered, name):
     out, _ = rendered
-    missing = [f"slide {slide}: {link}" for slide, link in DECKS[name].images if not (out / link).is_file()]
+    missing = [
+        f"slide {slide}: {link}" for slide, link in DECKS[name].images if not (out / link).is_file()
+    ]
     assert not missing, f"{name} links missing images: {missing}"
 
 
@@ -314,7 +373,9 @@ def test_linked_images_exist_after_figure_generation(rendered, name):
 def test_html_fetches_nothing_from_the_network(rendered, name):
     out, _ = rendered
     html = (out / f"{name}.html").read_text(encoding="utf-8")
-    remote = re.findall(r"""(?:src|href)\s*=\s*["']?(https?://[^"'\s>]+)|url\(\s*["']?(https?://[^"')\s]+)""", html)
+    remote = re.findall(
+        r"""(?:src|href)\s*=\s*["']?(https?://[^"'\s>]+)|url\(\s*["']?(https?://[^"')\s]+)""", html
+    )
     links = sorted({a or b for a, b in remote})
     assert not links, f"{name}.html references remote resources (it must work offline): {links}"
     assert "@import url(http" not in html
@@ -331,4 +392,6 @@ def test_theme_and_preview_settings():
     theme = (SLIDES / "pdl.css").read_text(encoding="utf-8")
     assert "@theme pdl" in theme
     settings = json.loads((REPO / ".vscode" / "settings.json").read_text(encoding="utf-8"))
-    assert "./slides/pdl.css" in settings["markdown.marp.themes"], "the VS Code preview needs the theme"
+    assert "./slides/pdl.css" in settings["markdown.marp.themes"], (
+        "the VS Code preview needs the theme"
+    )

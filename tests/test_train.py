@@ -61,7 +61,9 @@ def test_fit_trains_fashion_mnist_mlp_to_085_in_3_epochs(fmnist, tmp_path):
     assert history["val_accuracy"][-1] >= 0.85, history
     # The reported accuracy is the real one: recompute it from predictions.
     outputs, targets = predict(model, tensor_loader(x_test, y_test, batch_size=1000))
-    assert (outputs.argmax(1) == targets).float().mean().item() == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
+    assert (outputs.argmax(1) == targets).float().mean().item() == pytest.approx(
+        history["val_accuracy"][-1], abs=1e-6
+    )
     assert history["train_loss"][-1] < history["train_loss"][0]
 
 
@@ -100,8 +102,14 @@ def test_nan_loss_raises_error_naming_epoch_and_step():
     loader = tensor_loader(x, torch.zeros(64, dtype=torch.long), batch_size=16)
     model = nn.Linear(5, 2)
     with pytest.raises(NonFiniteLossError, match=r"became nan at epoch 1, step 3 of 4"):
-        fit(model, loader, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            epochs=2, progress=False)
+        fit(
+            model,
+            loader,
+            loss_fn=nn.CrossEntropyLoss(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs=2,
+            progress=False,
+        )
 
 
 def test_ctrl_c_returns_history_and_keeps_checkpoints(tmp_path):
@@ -122,9 +130,16 @@ def test_ctrl_c_returns_history_and_keeps_checkpoints(tmp_path):
                 yield batch
 
     model = nn.Linear(5, 2)
-    history = fit(model, InterruptingLoader(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
-                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=5,
-                  checkpoint_dir=tmp_path, progress=False)
+    history = fit(
+        model,
+        InterruptingLoader(),
+        toy_data(),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=5,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
     assert history.interrupted
     assert history["epoch"] == [1, 2]
     last = load_checkpoint(tmp_path / "last.pt")
@@ -141,30 +156,70 @@ def test_ctrl_c_returns_history_and_keeps_checkpoints(tmp_path):
 @pytest.mark.parametrize(
     ("model", "targets", "loss_fn", "message"),
     [
-        (nn.Linear(5, 3), torch.randint(0, 10, (16,)), nn.CrossEntropyLoss(), r"targets contain class \d, but the model outputs 3 scores"),
-        (nn.Linear(5, 3), torch.rand(16), nn.CrossEntropyLoss(), r"needs class indices as integers"),
-        (nn.Linear(5, 1), torch.rand(16), nn.MSELoss(), r"shapes must match, but the model outputs \(16, 1\) and the targets are \(16,\)"),
-        (nn.Linear(5, 1), torch.randint(0, 2, (16, 1)), nn.BCEWithLogitsLoss(), r"needs float targets"),
-        (nn.Linear(5, 3), torch.randint(0, 3, (16, 2)), nn.CrossEntropyLoss(), r"need targets of shape \(16,\)"),
+        (
+            nn.Linear(5, 3),
+            torch.randint(0, 10, (16,)),
+            nn.CrossEntropyLoss(),
+            r"targets contain class \d, but the model outputs 3 scores",
+        ),
+        (
+            nn.Linear(5, 3),
+            torch.rand(16),
+            nn.CrossEntropyLoss(),
+            r"needs class indices as integers",
+        ),
+        (
+            nn.Linear(5, 1),
+            torch.rand(16),
+            nn.MSELoss(),
+            r"shapes must match, but the model outputs \(16, 1\) and the targets are \(16,\)",
+        ),
+        (
+            nn.Linear(5, 1),
+            torch.randint(0, 2, (16, 1)),
+            nn.BCEWithLogitsLoss(),
+            r"needs float targets",
+        ),
+        (
+            nn.Linear(5, 3),
+            torch.randint(0, 3, (16, 2)),
+            nn.CrossEntropyLoss(),
+            r"need targets of shape \(16,\)",
+        ),
     ],
 )
 def test_shape_mismatch_fails_on_first_batch_with_clear_message(model, targets, loss_fn, message):
     loader = [(torch.randn(16, 5), targets)] * 3
     with pytest.raises(BatchShapeError, match=message):
-        train_one_epoch(model, loader, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), device="cpu")
+        train_one_epoch(
+            model, loader, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), device="cpu"
+        )
 
 
 def test_model_input_mismatch_names_the_batch_shape():
     model = nn.Sequential(nn.Linear(784, 10))
     loader = [(torch.randn(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))]
-    with pytest.raises(BatchShapeError, match=r"(?s)inputs have shape \(8, 1, 28, 28\).*nn.Flatten"):
-        train_one_epoch(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), device="cpu")
+    with pytest.raises(
+        BatchShapeError, match=r"(?s)inputs have shape \(8, 1, 28, 28\).*nn.Flatten"
+    ):
+        train_one_epoch(
+            model,
+            loader,
+            nn.CrossEntropyLoss(),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            device="cpu",
+        )
 
 
 def test_batches_must_be_pairs():
     model = nn.Linear(5, 2)
     with pytest.raises(TypeError, match="pair \\(inputs, targets\\)"):
-        train_one_epoch(model, [torch.randn(4, 5)], nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1))
+        train_one_epoch(
+            model,
+            [torch.randn(4, 5)],
+            nn.CrossEntropyLoss(),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+        )
 
 
 @pytest.mark.parametrize("ignore_index", [-100, 255])
@@ -173,12 +228,21 @@ def test_targets_equal_to_ignore_index_are_not_classes(ignore_index):
     targets = torch.tensor([0, 1, ignore_index, 2] * 4)
     loss_fn = nn.CrossEntropyLoss(ignore_index=ignore_index)
     loader = [(torch.randn(16, 5), targets)]
-    result = train_one_epoch(model, loader, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), device="cpu")
+    result = train_one_epoch(
+        model, loader, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), device="cpu"
+    )
     assert math.isfinite(result["loss"])
     # ... but a real class beyond the outputs is still caught, ignored targets or not.
     targets[0] = 7
-    with pytest.raises(BatchShapeError, match="targets contain class 7, but the model outputs 3 scores"):
-        train_one_epoch(model, [(torch.randn(16, 5), targets)], loss_fn, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(
+        BatchShapeError, match="targets contain class 7, but the model outputs 3 scores"
+    ):
+        train_one_epoch(
+            model,
+            [(torch.randn(16, 5), targets)],
+            loss_fn,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -192,9 +256,16 @@ def test_gradient_accumulation_matches_one_big_batch():
     big, small = nn.Linear(5, 2), nn.Linear(5, 2)
     small.load_state_dict(big.state_dict())
     loss_fn = nn.CrossEntropyLoss()
-    train_one_epoch(big, tensor_loader(x, y, batch_size=64), loss_fn, torch.optim.SGD(big.parameters(), lr=0.5))
-    train_one_epoch(small, tensor_loader(x, y, batch_size=16), loss_fn, torch.optim.SGD(small.parameters(), lr=0.5),
-                    accumulate_steps=4)
+    train_one_epoch(
+        big, tensor_loader(x, y, batch_size=64), loss_fn, torch.optim.SGD(big.parameters(), lr=0.5)
+    )
+    train_one_epoch(
+        small,
+        tensor_loader(x, y, batch_size=16),
+        loss_fn,
+        torch.optim.SGD(small.parameters(), lr=0.5),
+        accumulate_steps=4,
+    )
     torch.testing.assert_close(parameters_of(big), parameters_of(small))
 
 
@@ -207,7 +278,14 @@ def test_accumulation_steps_the_scheduler_for_the_last_incomplete_group(as_gener
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
     batches = [(torch.randn(4, 5), torch.randint(0, 2, (4,))) for _ in range(5)]
     loader = (batch for batch in batches) if as_generator else batches
-    train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, accumulate_steps=2, step_scheduler=scheduler)
+    train_one_epoch(
+        model,
+        loader,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        accumulate_steps=2,
+        step_scheduler=scheduler,
+    )
     assert scheduler.last_epoch == 3
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1 / 4)
     assert all(p.grad is None for p in model.parameters())  # nothing left over for the next epoch
@@ -217,7 +295,13 @@ def test_gradient_clipping_limits_the_update():
     model = nn.Linear(5, 2)
     before = parameters_of(model)
     loader = [(100 * torch.randn(16, 5), torch.randint(0, 2, (16,)))]
-    train_one_epoch(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=1.0), grad_clip=0.01)
+    train_one_epoch(
+        model,
+        loader,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        grad_clip=0.01,
+    )
     assert (parameters_of(model) - before).norm().item() == pytest.approx(0.01, rel=1e-4)
 
 
@@ -225,14 +309,29 @@ def test_schedulers_per_epoch_and_per_step():
     model = nn.Linear(5, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     per_epoch = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.1)
-    history = fit(model, toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=3,
-                  scheduler=per_epoch, progress=False)
+    history = fit(
+        model,
+        toy_data(),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        epochs=3,
+        scheduler=per_epoch,
+        progress=False,
+    )
     assert history["lr"] == pytest.approx([1.0, 0.1, 0.01])
 
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
-    history = fit(model, toy_data(batch_size=16), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=2,
-                  scheduler=per_step, scheduler_interval="step", progress=False)
+    history = fit(
+        model,
+        toy_data(batch_size=16),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        epochs=2,
+        scheduler=per_step,
+        scheduler_interval="step",
+        progress=False,
+    )
     assert history["lr"] == pytest.approx([1.0, 1 / 5])  # 4 steps per epoch
 
 
@@ -240,17 +339,33 @@ def test_reduce_lr_on_plateau_gets_the_monitored_value():
     model = nn.Linear(5, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, factor=0.5)
-    history = fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=3,
-                  scheduler=scheduler, progress=False)
+    history = fit(
+        model,
+        toy_data(),
+        toy_data(),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        epochs=3,
+        scheduler=scheduler,
+        progress=False,
+    )
     assert scheduler.best == pytest.approx(min(history["val_loss"]))
 
 
 def test_early_stopping_and_best_checkpoint(tmp_path):
     model = nn.Linear(5, 2)
     # lr=0: the validation loss never improves after the first epoch.
-    history = fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
-                  optimizer=torch.optim.SGD(model.parameters(), lr=0.0), epochs=10, patience=2,
-                  checkpoint_dir=tmp_path, progress=False)
+    history = fit(
+        model,
+        toy_data(),
+        toy_data(),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+        epochs=10,
+        patience=2,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
     assert history["epoch"] == [1, 2, 3]
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
@@ -258,25 +373,62 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
 
 def test_monitor_a_metric_to_maximize(tmp_path):
     model = nn.Linear(5, 2)
-    history = fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
-                  optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=4,
-                  metrics=classification_metrics(2), monitor="val_accuracy", checkpoint_dir=tmp_path, progress=False)
+    history = fit(
+        model,
+        toy_data(),
+        toy_data(),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        epochs=4,
+        metrics=classification_metrics(2),
+        monitor="val_accuracy",
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
     best_epoch = load_checkpoint(tmp_path / "best.pt")["epoch"]
     accuracies = history["val_accuracy"]
     assert accuracies[best_epoch - 1] == max(accuracies)
     with pytest.raises(KeyError, match="monitor='val_f2'"):
-        fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
-            optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=1, monitor="val_f2", progress=False)
+        fit(
+            model,
+            toy_data(),
+            toy_data(),
+            loss_fn=nn.CrossEntropyLoss(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+            epochs=1,
+            monitor="val_f2",
+            progress=False,
+        )
 
 
 def test_resuming_with_another_monitor_is_refused(tmp_path):
     model = nn.Linear(5, 2)
-    fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
-        epochs=1, checkpoint_dir=tmp_path, progress=False)  # monitors val_loss
-    with pytest.raises(ValueError, match=r"monitoring 'val_loss' \(mode 'min'\), but this run monitors 'val_accuracy'"):
-        fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
-            optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=2, metrics=classification_metrics(2),
-            monitor="val_accuracy", resume=tmp_path / "last.pt", progress=False)
+    fit(
+        model,
+        toy_data(),
+        toy_data(),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )  # monitors val_loss
+    with pytest.raises(
+        ValueError,
+        match=r"monitoring 'val_loss' \(mode 'min'\), but this run monitors 'val_accuracy'",
+    ):
+        fit(
+            model,
+            toy_data(),
+            toy_data(),
+            loss_fn=nn.CrossEntropyLoss(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+            epochs=2,
+            metrics=classification_metrics(2),
+            monitor="val_accuracy",
+            resume=tmp_path / "last.pt",
+            progress=False,
+        )
 
 
 class ScaledLoss(nn.Module):
@@ -289,8 +441,16 @@ class ScaledLoss(nn.Module):
 def test_fp16_scaler_skips_overflowing_steps_without_failing():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 64), nn.ReLU(), nn.Linear(64, 2))
-    history = fit(model, toy_data(n=256), loss_fn=ScaledLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=1e-6),
-                  epochs=2, device="cpu", precision="fp16", progress=False)
+    history = fit(
+        model,
+        toy_data(n=256),
+        loss_fn=ScaledLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=1e-6),
+        epochs=2,
+        device="cpu",
+        precision="fp16",
+        progress=False,
+    )
     assert sum(history["train_skipped_steps"]) > 0  # an ordinary per-epoch column
     assert math.isfinite(history["train_loss"][-1])
 
@@ -300,9 +460,17 @@ def test_binary_classification_with_one_logit_and_live_plot():
     x = torch.randn(256, 5)
     y = (x[:, :1] > 0).float()  # (N, 1) float targets, as BCEWithLogitsLoss wants
     model = nn.Linear(5, 1)
-    history = fit(model, tensor_loader(x, y, batch_size=32), tensor_loader(x, y, batch_size=64),
-                  loss_fn=nn.BCEWithLogitsLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=3,
-                  metrics=classification_metrics(2, task="binary"), progress=False, live_plot=True)
+    history = fit(
+        model,
+        tensor_loader(x, y, batch_size=32),
+        tensor_loader(x, y, batch_size=64),
+        loss_fn=nn.BCEWithLogitsLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        epochs=3,
+        metrics=classification_metrics(2, task="binary"),
+        progress=False,
+        live_plot=True,
+    )
     assert history["val_accuracy"][-1] >= 0.9
 
 
@@ -321,7 +489,9 @@ def test_predict_with_and_without_targets():
     assert outputs.shape == (40, 2) and targets.shape == (40,)
     outputs, targets = predict(model, torch.randn(7, 5), batch_size=3)
     assert outputs.shape == (7, 2) and targets is None
-    inputs_only = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(7, 5)), batch_size=3)
+    inputs_only = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(7, 5)), batch_size=3
+    )
     outputs, targets = predict(model, inputs_only)  # batches are one-element lists [inputs]
     assert outputs.shape == (7, 2) and targets is None
     with pytest.raises(ValueError, match="empty"):
@@ -330,17 +500,39 @@ def test_predict_with_and_without_targets():
 
 def test_metrics_are_computed_on_both_splits():
     model = nn.Linear(5, 2)
-    history = fit(model, toy_data(), toy_data(seed=1), loss_fn=nn.CrossEntropyLoss(),
-                  optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=1,
-                  metrics={"accuracy": classification_metrics(2)["accuracy"]}, progress=False)
-    assert set(history.keys()) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"}
+    history = fit(
+        model,
+        toy_data(),
+        toy_data(seed=1),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        epochs=1,
+        metrics={"accuracy": classification_metrics(2)["accuracy"]},
+        progress=False,
+    )
+    assert set(history.keys()) == {
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "seconds",
+    }
     assert 0.0 <= history["val_accuracy"][0] <= 1.0
 
 
 def test_progress_prints_one_line_per_epoch(capsys):
     model = nn.Linear(5, 2)
-    fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, progress=True)
+    fit(
+        model,
+        toy_data(),
+        toy_data(),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=2,
+        progress=True,
+    )
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
     assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
     assert "val_loss" in lines[0]
@@ -350,20 +542,37 @@ def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model = nn.Linear(5, 2)
-    history = fit(model, toy_data(), toy_data(seed=1), loss_fn=nn.CrossEntropyLoss(),
-                  optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=3,
-                  metrics=classification_metrics(2), log_dir=tmp_path / "tb", progress=False)
+    history = fit(
+        model,
+        toy_data(),
+        toy_data(seed=1),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        epochs=3,
+        metrics=classification_metrics(2),
+        log_dir=tmp_path / "tb",
+        progress=False,
+    )
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr", "seconds_per_epoch"} <= tags
+    assert {
+        "loss/train",
+        "loss/val",
+        "accuracy/train",
+        "accuracy/val",
+        "lr",
+        "seconds_per_epoch",
+    } <= tags
     logged = [(e.step, e.value) for e in events.Scalars("loss/val")]
     assert [step for step, _ in logged] == [1, 2, 3]
     assert [value for _, value in logged] == pytest.approx(history["val_loss"], rel=1e-6)
 
 
 def test_history_columns_dict_and_errors():
-    history = History([{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5, "val_loss": 0.7}])
+    history = History(
+        [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5, "val_loss": 0.7}]
+    )
     assert history.to_dict()["val_loss"][0] != history.to_dict()["val_loss"][0]  # NaN where missing
     assert history["val_loss"][1] == 0.7
     with pytest.raises(KeyError, match="columns: epoch, train_loss, val_loss"):
@@ -399,12 +608,17 @@ def test_ctrl_c_while_a_checkpoint_is_written_returns_the_history(tmp_path, monk
     import signal
 
     # Calls: epoch 1 writes best.pt then last.pt; epoch 2 best.pt (improved) then last.pt (4th).
-    _saves_then(monkeypatch, 4, lambda: os.kill(os.getpid(), signal.SIGINT))  # a real Ctrl-C mid-write
+    _saves_then(
+        monkeypatch, 4, lambda: os.kill(os.getpid(), signal.SIGINT)
+    )  # a real Ctrl-C mid-write
     model = nn.Linear(5, 2)
     history = fit(model, toy_data(), toy_data(), loss_fn=nn.CrossEntropyLoss(),
                   optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=5, checkpoint_dir=tmp_path,
                   progress=False)  # fmt: skip
-    assert history.interrupted and history["epoch"] == [1, 2]  # the write finished, then Ctrl-C counted
+    assert history.interrupted and history["epoch"] == [
+        1,
+        2,
+    ]  # the write finished, then Ctrl-C counted
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
@@ -435,12 +649,22 @@ def test_a_run_cleans_the_temporary_files_a_killed_run_left_and_nothing_else(tmp
     for path in [*stale, *others]:
         os.utime(path, (0, 0))  # last written long ago
     model = nn.Linear(5, 2)
-    fit(model, toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        epochs=1, checkpoint_dir=tmp_path, progress=False)
+    fit(
+        model,
+        toy_data(),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
     assert not any(p.exists() for p in stale)
     assert all(p.read_bytes() == b"x" * 100 for p in [*others, fresh])
     out = capsys.readouterr().out
-    assert "Removed 2 temporary file(s) that an interrupted run left" in out and ".best.pt.0a1b2c3d.tmp" in out
+    assert (
+        "Removed 2 temporary file(s) that an interrupted run left" in out
+        and ".best.pt.0a1b2c3d.tmp" in out
+    )
 
 
 class NoisyImages(torch.utils.data.Dataset):
@@ -448,7 +672,10 @@ class NoisyImages(torch.utils.data.Dataset):
 
     def __init__(self, n: int = 96):
         generator = torch.Generator().manual_seed(0)
-        self.x, self.y = torch.randn(n, 5, generator=generator), torch.randint(0, 2, (n,), generator=generator)
+        self.x, self.y = (
+            torch.randn(n, 5, generator=generator),
+            torch.randint(0, 2, (n,), generator=generator),
+        )
 
     def __len__(self):
         return len(self.x)
@@ -458,16 +685,28 @@ class NoisyImages(torch.utils.data.Dataset):
 
 
 @pytest.mark.parametrize("with_generator", [True, False])
-def test_resume_is_bit_exact_with_make_loader_workers_and_random_augmentation(tmp_path, with_generator):
+def test_resume_is_bit_exact_with_make_loader_workers_and_random_augmentation(
+    tmp_path, with_generator
+):
     from pdl.data import make_loader
 
     def run(epochs, folder, resume=None, seed=0):
         pdl.seed_everything(seed)
         model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
         generator = torch.Generator().manual_seed(1) if with_generator else None
-        loader = make_loader(NoisyImages(), batch_size=16, shuffle=True, num_workers=2, generator=generator)
-        fit(model, loader, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
-            epochs=epochs, checkpoint_dir=folder, resume=resume, progress=False)
+        loader = make_loader(
+            NoisyImages(), batch_size=16, shuffle=True, num_workers=2, generator=generator
+        )
+        fit(
+            model,
+            loader,
+            loss_fn=nn.CrossEntropyLoss(),
+            optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+            epochs=epochs,
+            checkpoint_dir=folder,
+            resume=resume,
+            progress=False,
+        )
         return parameters_of(model)
 
     uninterrupted = run(3, tmp_path / "a")
@@ -477,20 +716,43 @@ def test_resume_is_bit_exact_with_make_loader_workers_and_random_augmentation(tm
 
 
 def test_resuming_with_a_loader_that_keeps_its_workers_warns(tmp_path):
-    loader = torch.utils.data.DataLoader(NoisyImages(32), batch_size=16, num_workers=1, persistent_workers=True)
+    loader = torch.utils.data.DataLoader(
+        NoisyImages(32), batch_size=16, num_workers=1, persistent_workers=True
+    )
     model = nn.Linear(5, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    fit(model, loader, loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=1, checkpoint_dir=tmp_path,
-        progress=False)
+    fit(
+        model,
+        loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
     with pytest.warns(UserWarning, match="persistent_workers=True.*persistent_workers=False"):
-        fit(model, loader, loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, epochs=2, resume=tmp_path / "last.pt",
-            progress=False)
+        fit(
+            model,
+            loader,
+            loss_fn=nn.CrossEntropyLoss(),
+            optimizer=optimizer,
+            epochs=2,
+            resume=tmp_path / "last.pt",
+            progress=False,
+        )
 
 
 def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
     model = nn.Linear(5, 2)
-    fit(model, toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        epochs=1, checkpoint_dir=tmp_path, progress=False)
+    fit(
+        model,
+        toy_data(),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
     reference = tmp_path / "reference"
     reference.write_bytes(b"")  # open() applies the umask, as torch.save does
     assert (tmp_path / "last.pt").stat().st_mode == reference.stat().st_mode
@@ -513,7 +775,9 @@ def test_a_metric_to_minimize_picks_the_right_best_checkpoint(tmp_path):
                   metrics={"mae": torchmetrics.MeanAbsoluteError()}, monitor="val_mae", checkpoint_dir=tmp_path,
                   progress=False)  # fmt: skip
     best_epoch = load_checkpoint(tmp_path / "best.pt")["epoch"]
-    assert history["val_mae"][best_epoch - 1] == min(history["val_mae"])  # lower is better for an error
+    assert history["val_mae"][best_epoch - 1] == min(
+        history["val_mae"]
+    )  # lower is better for an error
     assert load_checkpoint(tmp_path / "best.pt")["monitor"]["mode"] == "min"
 
 
@@ -524,9 +788,18 @@ def test_every_parameter_group_gets_its_learning_rate_column():
     model.add_module("fc", nn.Linear(5, 2))
     optimizer = torch.optim.SGD(param_groups(model, {"fc": 0.1}, rest_lr=0.01))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    history = fit(model, toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, scheduler=scheduler,
-                  epochs=2, progress=False)
-    assert history["lr_fc"] == pytest.approx([0.1, 0.05]) and history["lr_rest"] == pytest.approx([0.01, 0.005])
+    history = fit(
+        model,
+        toy_data(),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=2,
+        progress=False,
+    )
+    assert history["lr_fc"] == pytest.approx([0.1, 0.05]) and history["lr_rest"] == pytest.approx(
+        [0.01, 0.005]
+    )
     assert "lr" not in history.keys()
 
 
@@ -535,7 +808,19 @@ def test_a_skipped_fp16_step_does_not_step_a_per_step_scheduler():
     model = nn.Sequential(nn.Linear(5, 64), nn.ReLU(), nn.Linear(64, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    history = fit(model, toy_data(n=256), loss_fn=ScaledLoss(), optimizer=optimizer, scheduler=scheduler,
-                  scheduler_interval="step", epochs=1, device="cpu", precision="fp16", progress=False)
+    history = fit(
+        model,
+        toy_data(n=256),
+        loss_fn=ScaledLoss(),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scheduler_interval="step",
+        epochs=1,
+        device="cpu",
+        precision="fp16",
+        progress=False,
+    )
     skipped = history["train_skipped_steps"][0]
-    assert skipped > 0 and scheduler.last_epoch == 16 - skipped  # 16 batches, only real steps counted
+    assert (
+        skipped > 0 and scheduler.last_epoch == 16 - skipped
+    )  # 16 batches, only real steps counted

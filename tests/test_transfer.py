@@ -36,6 +36,7 @@ def trainable_names(model: nn.Module) -> set[str]:
 # Heads
 # --------------------------------------------------------------------------------------
 
+
 def test_head_names_across_architectures():
     efficientnet = torchvision.models.efficientnet_b0()
     assert head_path(efficientnet) == "classifier.1"
@@ -105,7 +106,9 @@ def test_stages():
     mobilenet = make("mobilenet_v2")
     assert stages(mobilenet) == [f"features.{i}" for i in range(19)]
     train_from(mobilenet, stages(mobilenet)[-1])
-    assert trainable_names(mobilenet) == {k for k, _ in mobilenet.named_parameters() if k.startswith(("features.18.", "classifier."))}
+    assert trainable_names(mobilenet) == {
+        k for k, _ in mobilenet.named_parameters() if k.startswith(("features.18.", "classifier."))
+    }
 
 
 def test_count_parameters_counts_shared_weights_once():
@@ -142,8 +145,15 @@ def test_fit_leaves_frozen_parts_exactly_as_they_were():
     train_only(model, "layer4", "fc")
     before = copy.deepcopy(model.state_dict())
     data = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))] * 2
-    pdl.fit(model, data, loss_fn=nn.CrossEntropyLoss(), epochs=1, device="cpu", progress=False,
-            optimizer=torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1))
+    pdl.fit(
+        model,
+        data,
+        loss_fn=nn.CrossEntropyLoss(),
+        epochs=1,
+        device="cpu",
+        progress=False,
+        optimizer=torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1),
+    )
     after = model.state_dict()
     for key in before:
         same = torch.equal(before[key], after[key])
@@ -202,8 +212,6 @@ def test_layerwise_lrs_cover_every_parameter(arch):
     assert list(lrs.values()) == sorted(lrs.values(), reverse=True)
     groups = param_groups(model, lrs)  # no rest_lr needed: every stage has a rate
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
-
-
 
 
 def test_frozen_batchnorm_is_an_eval_mode_class_with_the_same_tensors_and_keys():

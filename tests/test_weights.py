@@ -64,7 +64,10 @@ def test_resolve_weights_accepts_names_enums_none_and_files(tmp_path):
     assert resolve_weights("resnet18", "DEFAULT") is ResNet18_Weights.IMAGENET1K_V1
     assert resolve_weights("resnet18", "IMAGENET1K_V1") is ResNet18_Weights.IMAGENET1K_V1
     assert resolve_weights("resnet18", "ResNet18_Weights.DEFAULT") is ResNet18_Weights.IMAGENET1K_V1
-    assert resolve_weights("mobilenet_v2", MobileNet_V2_Weights.IMAGENET1K_V2) is MobileNet_V2_Weights.IMAGENET1K_V2
+    assert (
+        resolve_weights("mobilenet_v2", MobileNet_V2_Weights.IMAGENET1K_V2)
+        is MobileNet_V2_Weights.IMAGENET1K_V2
+    )
     file = tmp_path / "w.pth"
     torch.save({}, file)
     assert resolve_weights("resnet18", str(file)) == file.resolve()
@@ -72,7 +75,10 @@ def test_resolve_weights_accepts_names_enums_none_and_files(tmp_path):
 
 
 def test_resolve_weights_errors_say_what_is_possible(tmp_path):
-    with pytest.raises(ValueError, match=r"'resnet18' has no weights 'IMAGENET1K_V9'; choose one of: DEFAULT, IMAGENET1K_V1"):
+    with pytest.raises(
+        ValueError,
+        match=r"'resnet18' has no weights 'IMAGENET1K_V9'; choose one of: DEFAULT, IMAGENET1K_V1",
+    ):
         resolve_weights("resnet18", "IMAGENET1K_V9")
     with pytest.raises(ValueError, match="another architecture, not for 'resnet18'"):
         resolve_weights("resnet18", MobileNet_V2_Weights.DEFAULT)
@@ -88,7 +94,6 @@ def test_data_prefix_fetches_the_mirror_file_through_pdl_data():
     assert path.is_file()
 
 
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_build_backbone_replaces_the_head(arch):
     features, name = HEAD_SIZES[arch]
@@ -98,8 +103,6 @@ def test_build_backbone_replaces_the_head(arch):
     assert isinstance(head, nn.Linear) and (head.in_features, head.out_features) == (features, 3)
     model.eval()
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
-
-
 
 
 # --------------------------------------------------------------------------------------
@@ -117,11 +120,16 @@ def test_load_a_body_only_state_dict_reports_the_missing_head(tmp_path):
     assert report.missing == ["classifier.1.weight", "classifier.1.bias"]
     assert report.loaded == len(body) and not report.unexpected and not report.mismatched
     assert all(torch.equal(model.state_dict()[k], v) for k, v in body.items())
-    assert "not in the file (the head, left as initialised): classifier.1.weight, classifier.1.bias" in str(report)
+    assert (
+        "not in the file (the head, left as initialised): classifier.1.weight, classifier.1.bias"
+        in str(report)
+    )
 
 
 def test_load_a_file_with_a_head_of_another_size_and_a_checkpoint_dict(tmp_path):
-    torch.save({"model": make("resnet18", None).state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")  # 1000 classes
+    torch.save(
+        {"model": make("resnet18", None).state_dict(), "epoch": 3}, tmp_path / "ckpt.pt"
+    )  # 1000 classes
     model = make("resnet18", 2)
     report = load_weights_file(model, tmp_path / "ckpt.pt")
     assert report.mismatched == ["fc.weight", "fc.bias"] and model.fc.out_features == 2
@@ -129,13 +137,19 @@ def test_load_a_file_with_a_head_of_another_size_and_a_checkpoint_dict(tmp_path)
 
 def test_a_file_of_another_architecture_is_refused_with_a_clear_message(tmp_path):
     torch.save(make("resnet18", None).state_dict(), tmp_path / "resnet.pth")
-    with pytest.raises(WeightsFileError, match=r"resnet.pth does not fit this MobileNetV2 beyond its head 'classifier': "
-                       r"\d+ of the model's \d+ keys are missing from the file \(features.0.0.weight"):
+    with pytest.raises(
+        WeightsFileError,
+        match=r"resnet.pth does not fit this MobileNetV2 beyond its head 'classifier': "
+        r"\d+ of the model's \d+ keys are missing from the file \(features.0.0.weight",
+    ):
         load_weights_file(make("mobilenet_v2"), tmp_path / "resnet.pth")
     state = make("resnet18", None).state_dict()
     del state["layer1.0.conv1.weight"]
     torch.save(state, tmp_path / "incomplete.pth")
-    with pytest.raises(WeightsFileError, match=r"1 of the model's 122 keys are missing from the file \(layer1.0.conv1.weight\)"):
+    with pytest.raises(
+        WeightsFileError,
+        match=r"1 of the model's 122 keys are missing from the file \(layer1.0.conv1.weight\)",
+    ):
         load_weights_file(make("resnet18"), tmp_path / "incomplete.pth")
 
 
@@ -143,17 +157,25 @@ def test_unreadable_or_unsafe_files_are_refused(tmp_path):
     (tmp_path / "notes.pth").write_text("these are not weights")
     with pytest.raises(WeightsFileError, match="notes.pth .* is not a readable weights file"):
         load_weights_file(make("resnet18"), tmp_path / "notes.pth")
-    torch.save({"fc.weight": torch.zeros(2, 512), "payload": NotATensor()}, tmp_path / "pickled.pth")
-    with pytest.raises(WeightsFileError, match="not a readable weights file"):  # weights_only refuses objects
+    torch.save(
+        {"fc.weight": torch.zeros(2, 512), "payload": NotATensor()}, tmp_path / "pickled.pth"
+    )
+    with pytest.raises(
+        WeightsFileError, match="not a readable weights file"
+    ):  # weights_only refuses objects
         load_weights_file(make("resnet18"), tmp_path / "pickled.pth")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
-    with pytest.raises(WeightsFileError, match=r"holds a list, not a dict \(a checkpoint or a state_dict\)"):
+    with pytest.raises(
+        WeightsFileError, match=r"holds a list, not a dict \(a checkpoint or a state_dict\)"
+    ):
         load_weights_file(make("resnet18"), tmp_path / "list.pth")
 
 
 def test_the_mirror_file_holds_every_mobilenet_v2_body_weight():
     model = build_backbone("mobilenet_v2", MIRROR_WEIGHTS, num_classes=2, verbose=False)
-    stored = torch.load(pdl.store.data_root() / "weights/mobilenet_v2_imagenet_features.pth", weights_only=True)
+    stored = torch.load(
+        pdl.store.data_root() / "weights/mobilenet_v2_imagenet_features.pth", weights_only=True
+    )
     assert all(torch.equal(model.state_dict()[k], v) for k, v in stored.items())
 
 
@@ -186,7 +208,10 @@ def test_a_failed_download_gives_the_same_clear_error(hub_dir, monkeypatch):
         def __str__(self):
             return "ResNet18_Weights.IMAGENET1K_V1"
 
-    with pytest.raises(WeightsNotAvailableError, match=r"(?s)the download failed: .*resnet18-f37072fd.pth in the torch hub cache"):
+    with pytest.raises(
+        WeightsNotAvailableError,
+        match=r"(?s)the download failed: .*resnet18-f37072fd.pth in the torch hub cache",
+    ):
         load_hub_weights(Unreachable(), "resnet18", progress=False)
     assert not (hub_dir / "checkpoints" / "resnet18-f37072fd.pth").exists()
 
@@ -199,8 +224,12 @@ def test_a_file_in_the_hub_cache_loads_offline(hub_dir):
     assert path == hub_dir / "checkpoints" / "resnet18-f37072fd.pth"
     path.parent.mkdir(parents=True)
     torch.save(saved, path)
-    model = build_backbone("resnet18", "ResNet18_Weights.IMAGENET1K_V1", num_classes=2, verbose=False)
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items() if not k.startswith("fc."))
+    model = build_backbone(
+        "resnet18", "ResNet18_Weights.IMAGENET1K_V1", num_classes=2, verbose=False
+    )
+    assert all(
+        torch.equal(model.state_dict()[k], v) for k, v in saved.items() if not k.startswith("fc.")
+    )
     assert model.fc.out_features == 2
 
 
@@ -213,7 +242,9 @@ def test_a_hub_file_with_pickled_objects_is_refused_and_never_run(hub_dir, tmp_p
         build_backbone("resnet18", "DEFAULT", verbose=False)
     message = str(error.value)
     assert "not a plain tensor file" in message and str(path) in message and "delete it" in message
-    assert "weights_only=False" not in message  # never advise loading a file from elsewhere unsafely
+    assert (
+        "weights_only=False" not in message
+    )  # never advise loading a file from elsewhere unsafely
     assert not marker.exists()
 
 
@@ -222,7 +253,10 @@ def test_a_damaged_hub_file_is_named_with_what_to_do(hub_dir, content):
     path = hub_checkpoint_path(ResNet18_Weights.IMAGENET1K_V1)
     path.parent.mkdir(parents=True)
     path.write_bytes(content)
-    with pytest.raises(WeightsFileError, match=r"Could not read .*resnet18-f37072fd.pth .*Delete it, and it is downloaded again"):
+    with pytest.raises(
+        WeightsFileError,
+        match=r"Could not read .*resnet18-f37072fd.pth .*Delete it, and it is downloaded again",
+    ):
         build_backbone("resnet18", "DEFAULT", verbose=False)
     assert path.read_bytes() == content  # pdl never deletes a file it did not create
 
@@ -242,14 +276,15 @@ def test_preprocessing_follows_the_weights():
     resize = next(t for t in p.eval.transforms if isinstance(t, v2.Resize))
     assert resize.size == [round(160 * 256 / 224)]
     efficientnet = preprocessing("efficientnet_b0", "DEFAULT")  # its preset uses bicubic resizing
-    assert next(t for t in efficientnet.eval.transforms if isinstance(t, v2.Resize)).interpolation == v2.InterpolationMode.BICUBIC
+    assert (
+        next(t for t in efficientnet.eval.transforms if isinstance(t, v2.Resize)).interpolation
+        == v2.InterpolationMode.BICUBIC
+    )
     mobilenet = preprocessing("mobilenet_v2", "DEFAULT")  # IMAGENET1K_V2: resize 232, crop 224
     assert next(t for t in mobilenet.eval.transforms if isinstance(t, v2.Resize)).size == [232]
     plain = preprocessing("mobilenet_v2", None, image_size=128)
     assert plain.std == pdl.data.IMAGENET_STD and plain.eval(image).shape == (3, 128, 128)
     assert any(isinstance(t, v2.RandomResizedCrop) for t in plain.train.transforms)
-
-
 
 
 def test_path_objects_and_relative_paths_are_files(tmp_path, monkeypatch):
@@ -258,5 +293,3 @@ def test_path_objects_and_relative_paths_are_files(tmp_path, monkeypatch):
     torch.save(make("resnet18", None).state_dict(), "weights/r18.pth")
     model = build_backbone("resnet18", "weights/r18.pth", num_classes=2, verbose=False)
     assert model.fc.out_features == 2
-
-

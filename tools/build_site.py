@@ -44,8 +44,12 @@ STAGING = REPO / "build" / "site-src"
 OUT = REPO / "build" / "site"
 SLIDES = REPO / "build" / "slides"
 PAGES = ("index.md", "setup.md", "troubleshooting.md", "instructors.md", "api.md")
-MATHJAX = SITE / "node_modules" / "mathjax" / "es5" / "tex-svg-full.js"  # site/package.json, served locally
-BADGE = re.compile(r"\[!\[[^\]]*\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]\([^)]*\)")
+MATHJAX = (
+    SITE / "node_modules" / "mathjax" / "es5" / "tex-svg-full.js"
+)  # site/package.json, served locally
+BADGE = re.compile(
+    r"\[!\[[^\]]*\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]\([^)]*\)"
+)
 
 
 class BuildError(RuntimeError):
@@ -74,14 +78,24 @@ def lecture(nb: nbformat.NotebookNode, name: str) -> Lecture:
         Lecture(name='01_tensors', number='01', title='Tensors', objectives=['create tensors;', 'index them.'], time='60 minutes')
     """
     text = nb.cells[0].source if nb.cells and nb.cells[0].cell_type == "markdown" else ""
-    heading = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("# ")), name)
+    heading = next(
+        (ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("# ")), name
+    )
     number, _, title = heading.partition(" · ")
     if not title:
         number, title = name[:2], heading
     learn = re.search(r"\*\*You will learn to\*\*\s*\n((?:\s*- .*\n?)+)", text)
-    objectives = [ln.strip()[2:] for ln in learn.group(1).splitlines() if ln.strip()] if learn else []
+    objectives = (
+        [ln.strip()[2:] for ln in learn.group(1).splitlines() if ln.strip()] if learn else []
+    )
     spent = re.search(r"\*\*(?:Estimated time|Time)(?::\*\*|\*\*:)\s*(.+?)\.(?:\s|$)", text, re.S)
-    return Lecture(name, number.strip(), title.strip(), objectives, " ".join(spent.group(1).split()) if spent else "")
+    return Lecture(
+        name,
+        number.strip(),
+        title.strip(),
+        objectives,
+        " ".join(spent.group(1).split()) if spent else "",
+    )
 
 
 def deck_links(name: str, prefix: str) -> str:
@@ -89,13 +103,15 @@ def deck_links(name: str, prefix: str) -> str:
     return f'<a href="{prefix}slides/{name}.html">slides</a> (<a href="{prefix}slides/{name}.pdf">PDF</a>)'
 
 
-def lecture_page(nb: nbformat.NotebookNode, name: str, repository: Repository) -> nbformat.NotebookNode:
+def lecture_page(
+    nb: nbformat.NotebookNode, name: str, repository: Repository
+) -> nbformat.NotebookNode:
     """The executed notebook as a site page: local Colab badge, deck links, solutions collapsed."""
     nb = copy.deepcopy(nb)
     links = (
         f'<p class="pdl-lecture-links"><a href="{repository.colab(name + ".ipynb")}">'
         '<img src="../_static/colab-badge.svg" alt="Open In Colab" width="117" height="20"></a> '
-        f'<span>{deck_links(name, "../")}</span> '
+        f"<span>{deck_links(name, '../')}</span> "
         f'<a href="{repository.blob(f"notebooks/{name}.ipynb")}">the notebook on GitHub</a></p>'
     )
     title = nb.cells[0]
@@ -115,15 +131,22 @@ def lecture_page(nb: nbformat.NotebookNode, name: str, repository: Repository) -
 def home_page(template: str, lectures: list[Lecture], repository: Repository) -> str:
     """``site/index.md`` with its syllabus, the lectures' objectives and the toctree filled in."""
     rows = ["| # | Lecture | Deck | Time |", "|---|---|---|---|"]
-    rows += [f"| {lec.number} | [{lec.title}](notebooks/{lec.name}.ipynb) | {deck_links(lec.name, '')} | {lec.time} |"
-             for lec in lectures]
+    rows += [
+        f"| {lec.number} | [{lec.title}](notebooks/{lec.name}.ipynb) | {deck_links(lec.name, '')} | {lec.time} |"
+        for lec in lectures
+    ]
     objectives = []
     for lec in lectures:
         objectives.append(f"### {lec.number} · {lec.title}\n")
         objectives += [f"- {item}" for item in lec.objectives] or ["(see the lecture)"]
         objectives.append(f"\n[Open the lecture](notebooks/{lec.name}.ipynb)\n")
-    return fill(template, repository, syllabus="\n".join(rows), objectives="\n".join(objectives),
-                lectures="\n".join(f"notebooks/{lec.name}" for lec in lectures))
+    return fill(
+        template,
+        repository,
+        syllabus="\n".join(rows),
+        objectives="\n".join(objectives),
+        lectures="\n".join(f"notebooks/{lec.name}" for lec in lectures),
+    )
 
 
 def fill(page: str, repository: Repository, **fields: str) -> str:
@@ -152,8 +175,12 @@ def executed_notebooks() -> Path:
 
 def stale(notebooks: Path) -> list[str]:
     """The notebooks edited since their copy in ``notebooks`` was executed."""
-    return [f"{p.name} changed after it was executed into {notebooks}" for p in notebook_paths()
-            if (notebooks / p.name).is_file() and p.stat().st_mtime > (notebooks / p.name).stat().st_mtime]
+    return [
+        f"{p.name} changed after it was executed into {notebooks}"
+        for p in notebook_paths()
+        if (notebooks / p.name).is_file()
+        and p.stat().st_mtime > (notebooks / p.name).stat().st_mtime
+    ]
 
 
 def stage(notebooks: Path, staging: Path = STAGING) -> list[Lecture]:
@@ -161,8 +188,10 @@ def stage(notebooks: Path, staging: Path = STAGING) -> list[Lecture]:
     sources = notebook_paths()
     missing = [p.name for p in sources if not (notebooks / p.name).is_file()]
     if missing:
-        raise BuildError(f"no executed copy of {', '.join(missing)} in {notebooks}: run "
-                         "`make notebooks` (or tools/run_notebooks.py --mode fast and --notebooks build/notebooks/fast)")
+        raise BuildError(
+            f"no executed copy of {', '.join(missing)} in {notebooks}: run "
+            "`make notebooks` (or tools/run_notebooks.py --mode fast and --notebooks build/notebooks/fast)"
+        )
     if staging.exists():
         shutil.rmtree(staging)
     (staging / "notebooks").mkdir(parents=True)
@@ -171,10 +200,14 @@ def stage(notebooks: Path, staging: Path = STAGING) -> list[Lecture]:
     for source in sources:
         nb = nbformat.read(notebooks / source.name, as_version=4)
         lectures.append(lecture(nb, source.stem))
-        nbformat.write(lecture_page(nb, source.stem, repository), staging / "notebooks" / source.name)
+        nbformat.write(
+            lecture_page(nb, source.stem, repository), staging / "notebooks" / source.name
+        )
     for page in PAGES:
         text = (SITE / page).read_text(encoding="utf-8")
-        text = home_page(text, lectures, repository) if page == "index.md" else fill(text, repository)
+        text = (
+            home_page(text, lectures, repository) if page == "index.md" else fill(text, repository)
+        )
         (staging / page).write_text(text, encoding="utf-8")
     return lectures
 
@@ -189,7 +222,9 @@ def copy_decks(lectures: list[Lecture], slides: Path, out: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for path in wanted:
         shutil.copy2(path, target / path.name)
-        if path.suffix == ".html":  # the site's icon, or the browser asks the server for /favicon.ico
+        if (
+            path.suffix == ".html"
+        ):  # the site's icon, or the browser asks the server for /favicon.ico
             html = path.read_text(encoding="utf-8")
             icon = '<head><link rel="icon" href="../_static/favicon.svg" type="image/svg+xml">'
             (target / path.name).write_text(html.replace("<head>", icon, 1), encoding="utf-8")
@@ -197,25 +232,48 @@ def copy_decks(lectures: list[Lecture], slides: Path, out: Path) -> None:
         shutil.copytree(slides / "figures", target / "figures")
 
 
-def build(notebooks: Path, slides: Path = SLIDES, out: Path = OUT, staging: Path = STAGING,
-          quiet: bool = False) -> tuple[int, float, list[str]]:
+def build(
+    notebooks: Path,
+    slides: Path = SLIDES,
+    out: Path = OUT,
+    staging: Path = STAGING,
+    quiet: bool = False,
+) -> tuple[int, float, list[str]]:
     """Build the site; return its page count, the seconds it took and the warnings (Sphinx's, stale notebooks)."""
     started = time.perf_counter()
     if not MATHJAX.is_file():
-        raise BuildError(f"MathJax is not installed ({MATHJAX}): run `make site`, or `npm ci` in site/")
+        raise BuildError(
+            f"MathJax is not installed ({MATHJAX}): run `make site`, or `npm ci` in site/"
+        )
     if out.exists() and any(out.iterdir()):
         if not (out / ".buildinfo").exists():
             raise BuildError(f"{out} exists and is not a site built here: not overwriting it")
-        shutil.rmtree(out)  # a site this script built: start afresh, so no page of a removed lecture stays
+        shutil.rmtree(
+            out
+        )  # a site this script built: start afresh, so no page of a removed lecture stays
     lectures = stage(notebooks, staging)
     warnings_file = staging / "warnings.txt"
-    arguments = ["-b", "html", "-c", str(SITE), "-d", str(staging / ".doctrees"), "-w", str(warnings_file),
-                 "-j", "auto", str(staging), str(out)]
+    arguments = [
+        "-b",
+        "html",
+        "-c",
+        str(SITE),
+        "-d",
+        str(staging / ".doctrees"),
+        "-w",
+        str(warnings_file),
+        "-j",
+        "auto",
+        str(staging),
+        str(out),
+    ]
     status = build_main(arguments + (["-q"] if quiet else []))  # Sphinx prints its warnings itself
     outdated = stale(notebooks)
     for warning in outdated:
         print(f"WARNING: {warning}", file=sys.stderr)
-    warnings = outdated + [ln for ln in warnings_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    warnings = outdated + [
+        ln for ln in warnings_file.read_text(encoding="utf-8").splitlines() if ln.strip()
+    ]
     if status != 0:
         raise BuildError("Sphinx failed:\n" + "\n".join(warnings[-30:]))
     copy_decks(lectures, slides, out)
@@ -224,21 +282,33 @@ def build(notebooks: Path, slides: Path = SLIDES, out: Path = OUT, staging: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build the course website (Sphinx + myst-nb) into build/site/.")
-    parser.add_argument("--notebooks", type=Path, default=None,
-                        help="executed notebooks (default build/notebooks/full, else build/notebooks/fast when only that is complete)")
-    parser.add_argument("--slides", type=Path, default=SLIDES, help="rendered decks (default build/slides)")
+    parser = argparse.ArgumentParser(
+        description="Build the course website (Sphinx + myst-nb) into build/site/."
+    )
+    parser.add_argument(
+        "--notebooks",
+        type=Path,
+        default=None,
+        help="executed notebooks (default build/notebooks/full, else build/notebooks/fast when only that is complete)",
+    )
+    parser.add_argument(
+        "--slides", type=Path, default=SLIDES, help="rendered decks (default build/slides)"
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="output folder (default build/site)")
     args = parser.parse_args(argv)
     notebooks = args.notebooks or executed_notebooks()
     print(f"lectures from {notebooks}, decks from {args.slides}")
     try:
-        pages, seconds, warnings = build(notebooks.resolve(), args.slides.resolve(), args.out.resolve(), quiet=True)
+        pages, seconds, warnings = build(
+            notebooks.resolve(), args.slides.resolve(), args.out.resolve(), quiet=True
+        )
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"{args.out}: {pages} pages in {seconds:.1f} s, {len(warnings)} warnings (above); "
-          f"preview with: python -m http.server -d {args.out}")
+    print(
+        f"{args.out}: {pages} pages in {seconds:.1f} s, {len(warnings)} warnings (above); "
+        f"preview with: python -m http.server -d {args.out}"
+    )
     return 0
 
 

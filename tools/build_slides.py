@@ -102,7 +102,9 @@ class Slide:
             >>> Slide(1, 1, "# Hi\\n<!-- _class: title -->\\n<!-- Say hello. -->").notes
             ['Say hello.']
         """
-        return [c.strip() for c in COMMENT.findall(_without_code(self.text)) if not DIRECTIVE.match(c)]
+        return [
+            c.strip() for c in COMMENT.findall(_without_code(self.text)) if not DIRECTIVE.match(c)
+        ]
 
 
 @dataclass
@@ -151,7 +153,7 @@ def _without_code(text: str) -> str:
 def _closes(fence: str, stripped: str) -> bool:
     """Whether a (stripped) line closes the code block opened with ``fence``: the same
     backticks or tildes and nothing after them."""
-    return stripped.startswith(fence) and not stripped[len(fence):].strip()
+    return stripped.startswith(fence) and not stripped[len(fence) :].strip()
 
 
 def parse_deck(path: str | Path) -> Deck:
@@ -177,7 +179,9 @@ def parse_deck(path: str | Path) -> Deck:
     if lines and lines[0].strip() == "---":
         end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
         if end is None:
-            raise ValueError(f"{path}: the front matter starting on line 1 is never closed with ---")
+            raise ValueError(
+                f"{path}: the front matter starting on line 1 is never closed with ---"
+            )
         front_matter = yaml.safe_load("\n".join(lines[1:end])) or {}
         start = end + 1
 
@@ -195,7 +199,12 @@ def parse_deck(path: str | Path) -> Deck:
             if match:
                 fence = match.group(1)
                 info = match.group(2).strip()
-                block = {"line": index + 1, "info": info, "lines": [], "indent": len(line) - len(line.lstrip())}
+                block = {
+                    "line": index + 1,
+                    "info": info,
+                    "lines": [],
+                    "indent": len(line) - len(line.lstrip()),
+                }
             elif stripped == "---":
                 slides.append(Slide(len(slides) + 1, current_start, "\n".join(current)))
                 current, current_start = [], index + 2
@@ -203,8 +212,15 @@ def parse_deck(path: str | Path) -> Deck:
         elif _closes(fence, stripped):
             fence = None
             info = block["info"]
-            code.append(CodeBlock(slide=len(slides) + 1, line=block["line"], lang=(info.split() or [""])[0],
-                                  info=info, source="".join(f"{text[block['indent']:]}\n" for text in block["lines"])))
+            code.append(
+                CodeBlock(
+                    slide=len(slides) + 1,
+                    line=block["line"],
+                    lang=(info.split() or [""])[0],
+                    info=info,
+                    source="".join(f"{text[block['indent'] :]}\n" for text in block["lines"]),
+                )
+            )
             block = None
         elif block is not None:
             block["lines"].append(line)
@@ -278,7 +294,9 @@ def run_code(deck: Deck, *, timeout: float = 300, python: str = sys.executable) 
     """
     runnable = [b for b in deck.code if b.lang == "python" and not b.skipped]
     skipped = sum(1 for b in deck.code if b.lang == "python" and b.skipped)
-    blocks = [{"deck": deck.name, "slide": b.slide, "line": b.line, "source": b.source} for b in runnable]
+    blocks = [
+        {"deck": deck.name, "slide": b.slide, "line": b.line, "source": b.source} for b in runnable
+    ]
     env = {
         **os.environ,
         "MPLBACKEND": "Agg",
@@ -294,8 +312,14 @@ def run_code(deck: Deck, *, timeout: float = 300, python: str = sys.executable) 
         script = Path(workdir) / "run_blocks.py"
         script.write_text(_RUNNER)
         try:
-            result = subprocess.run([python, str(script), str(spec)], cwd=workdir, env=env, capture_output=True,
-                                    text=True, timeout=timeout)
+            result = subprocess.run(
+                [python, str(script), str(spec)],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             output, ok = result.stdout + result.stderr, result.returncode == 0
         except subprocess.TimeoutExpired as error:
             output = f"{error.stdout or ''}{error.stderr or ''}\ntimed out after {timeout} s"
@@ -303,11 +327,22 @@ def run_code(deck: Deck, *, timeout: float = 300, python: str = sys.executable) 
     failed = re.search(r"@@FAILED (.*)", output)
     if not ok and failed is None:  # died without saying where: it was the block after the last OK
         done = len(re.findall(r"^@@OK ", output, re.MULTILINE))
-        failed_at = f"slide {runnable[done].slide}, line {runnable[done].line}" if done < len(runnable) else "?"
+        failed_at = (
+            f"slide {runnable[done].slide}, line {runnable[done].line}"
+            if done < len(runnable)
+            else "?"
+        )
     else:
         failed_at = failed.group(1) if failed else None
-    return CodeRun(deck=deck.name, ran=len(runnable), skipped=skipped, seconds=time.perf_counter() - start,
-                   ok=ok, output=output, failed_at=failed_at)
+    return CodeRun(
+        deck=deck.name,
+        ran=len(runnable),
+        skipped=skipped,
+        seconds=time.perf_counter() - start,
+        ok=ok,
+        output=output,
+        failed_at=failed_at,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -385,25 +420,39 @@ def marp_warnings(log: str) -> list[str]:
     return [m for m in problems if not any(expected in m for expected in EXPECTED_WARNINGS)]
 
 
-def render(deck_md: Path, output: Path, *, pdf: bool, browser: str | None = None, timeout: float = 180) -> Render:
+def render(
+    deck_md: Path, output: Path, *, pdf: bool, browser: str | None = None, timeout: float = 180
+) -> Render:
     """Render one deck with Marp CLI to ``output`` (HTML, or PDF when ``pdf``).
 
     Example:
         >>> render(Path("build/slides/01_tensors.md"), Path("build/slides/01_tensors.pdf"), pdf=True)  # doctest: +SKIP
     """
-    command = [str(marp_executable()), str(deck_md), "--output", str(output), "--theme-set", str(THEME),
-               "--no-stdin", "--no-config-file"]
+    command = [
+        str(marp_executable()),
+        str(deck_md),
+        "--output",
+        str(output),
+        "--theme-set",
+        str(THEME),
+        "--no-stdin",
+        "--no-config-file",
+    ]
     if pdf:
         command += ["--pdf", "--allow-local-files", "--browser-path", browser or find_browser()]
     start = time.perf_counter()
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=deck_md.parent)
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=deck_md.parent
+        )
     except subprocess.TimeoutExpired as error:
         raise BuildError(f"Marp did not finish {output.name} within {timeout} s") from error
     seconds = time.perf_counter() - start
     log = result.stdout + result.stderr
     if result.returncode != 0 or not output.exists():
-        raise BuildError(f"Marp failed on {deck_md.name} -> {output.name} (exit {result.returncode}):\n{log}")
+        raise BuildError(
+            f"Marp failed on {deck_md.name} -> {output.name} (exit {result.returncode}):\n{log}"
+        )
     return Render(output=output, seconds=seconds, warnings=marp_warnings(log), log=log)
 
 
@@ -415,7 +464,9 @@ def pdf_pages(path: Path) -> int:
         19
     """
     if shutil.which("pdfinfo"):
-        info = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True).stdout
+        info = subprocess.run(
+            ["pdfinfo", str(path)], capture_output=True, text=True, check=True
+        ).stdout
         return int(re.search(r"^Pages:\s+(\d+)", info, re.MULTILINE).group(1))
     from pypdf import PdfReader
 
@@ -444,17 +495,27 @@ def overflowing_text(path: Path) -> list[tuple[int, str]]:
 
     if not shutil.which("pdftotext"):
         raise BuildError("pdftotext (poppler-utils) is needed to check the PDF pages for overflow")
-    xml = subprocess.run(["pdftotext", "-bbox", str(path), "-"], capture_output=True, text=True,
-                         check=True).stdout
+    xml = subprocess.run(
+        ["pdftotext", "-bbox", str(path), "-"], capture_output=True, text=True, check=True
+    ).stdout
     problems = []
     for number, page in enumerate(re.findall(r"<page\b.*?</page>", xml, re.DOTALL), start=1):
-        words = [(float(x0), float(y0), float(x1), float(y1), html_lib.unescape(text)) for x0, y0, x1, y1, text
-                 in re.findall(r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">(.*?)</word>',
-                               page)]
-        footer_rows = {round(y0, 1) for _, y0, _, _, text in words if y0 > CONTENT_BOTTOM_PT and text == "PDL"}
-        outside = [text for x0, y0, x1, y1, text in words
-                   if round(y0, 1) not in footer_rows
-                   and (y1 > CONTENT_BOTTOM_PT + TOLERANCE_PT or x1 > CONTENT_RIGHT_PT + TOLERANCE_PT)]
+        words = [
+            (float(x0), float(y0), float(x1), float(y1), html_lib.unescape(text))
+            for x0, y0, x1, y1, text in re.findall(
+                r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">(.*?)</word>',
+                page,
+            )
+        ]
+        footer_rows = {
+            round(y0, 1) for _, y0, _, _, text in words if y0 > CONTENT_BOTTOM_PT and text == "PDL"
+        }
+        outside = [
+            text
+            for x0, y0, x1, y1, text in words
+            if round(y0, 1) not in footer_rows
+            and (y1 > CONTENT_BOTTOM_PT + TOLERANCE_PT or x1 > CONTENT_RIGHT_PT + TOLERANCE_PT)
+        ]
         if outside:
             problems.append((number, " ".join(outside)))
     return problems
@@ -488,20 +549,34 @@ class DeckReport:
 
     @property
     def ok(self) -> bool:
-        counts_match = self.html_slides == self.slides and (self.pdf_pages is None or self.pdf_pages == self.slides)
+        counts_match = self.html_slides == self.slides and (
+            self.pdf_pages is None or self.pdf_pages == self.slides
+        )
         code_ok = self.code is None or self.code["ok"]
         return not self.warnings and not self.overflow and counts_match and code_ok
 
 
-def build_deck(path: Path, out_dir: Path, *, pdf: bool = True, browser: str | None = None,
-               check_code: bool = False) -> DeckReport:
+def build_deck(
+    path: Path,
+    out_dir: Path,
+    *,
+    pdf: bool = True,
+    browser: str | None = None,
+    check_code: bool = False,
+) -> DeckReport:
     """Stage ``path`` next to the figures in ``out_dir`` and render it to HTML (and PDF)."""
     deck = parse_deck(path)
     staged = out_dir / path.name
     shutil.copyfile(path, staged)
     html = render(staged, out_dir / f"{path.stem}.html", pdf=False)
-    report = DeckReport(name=path.stem, slides=len(deck.slides), html=str(html.output), html_seconds=html.seconds,
-                        html_slides=html_slides(html.output), warnings=list(html.warnings))
+    report = DeckReport(
+        name=path.stem,
+        slides=len(deck.slides),
+        html=str(html.output),
+        html_seconds=html.seconds,
+        html_slides=html_slides(html.output),
+        warnings=list(html.warnings),
+    )
     if pdf:
         printed = render(staged, out_dir / f"{path.stem}.pdf", pdf=True, browser=browser)
         report.pdf, report.pdf_seconds = str(printed.output), printed.seconds
@@ -516,8 +591,15 @@ def build_deck(path: Path, out_dir: Path, *, pdf: bool = True, browser: str | No
     return report
 
 
-def build(out_dir: Path = DEFAULT_OUT, names: list[str] | None = None, *, pdf: bool = True,
-          figures: bool = True, check_code: bool = False, verbose: bool = True) -> list[DeckReport]:
+def build(
+    out_dir: Path = DEFAULT_OUT,
+    names: list[str] | None = None,
+    *,
+    pdf: bool = True,
+    figures: bool = True,
+    check_code: bool = False,
+    verbose: bool = True,
+) -> list[DeckReport]:
     """Draw the figures, then render every deck (or those in ``names``) into ``out_dir``.
 
     Example:
@@ -547,8 +629,10 @@ def build(out_dir: Path = DEFAULT_OUT, names: list[str] | None = None, *, pdf: b
         code_part = ""
         if report.code is not None:
             code_part = f", code {'ok' if report.code['ok'] else 'FAILED at ' + str(report.code['failed_at'])}"
-        say(f"{report.name}: {report.slides} slides, HTML {report.html_seconds:.1f} s{pdf_part}{code_part}"
-            + ("" if report.ok else "  <-- PROBLEM"))
+        say(
+            f"{report.name}: {report.slides} slides, HTML {report.html_seconds:.1f} s{pdf_part}{code_part}"
+            + ("" if report.ok else "  <-- PROBLEM")
+        )
         for warning in report.warnings:
             say(f"    {warning}")
         for page, text in report.overflow:
@@ -560,23 +644,36 @@ def build(out_dir: Path = DEFAULT_OUT, names: list[str] | None = None, *, pdf: b
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="decks to build, by name prefix (default: all)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: build/slides)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: build/slides)"
+    )
     parser.add_argument("--no-pdf", action="store_true", help="HTML only")
-    parser.add_argument("--no-figures", action="store_true", help="reuse the figures already in --out")
-    parser.add_argument("--check-code", action="store_true", help="also run every python block of each deck")
+    parser.add_argument(
+        "--no-figures", action="store_true", help="reuse the figures already in --out"
+    )
+    parser.add_argument(
+        "--check-code", action="store_true", help="also run every python block of each deck"
+    )
     args = parser.parse_args(argv)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))  # for `from tools.make_figures import generate`
     start = time.perf_counter()
     try:
-        reports = build(args.out, args.names or None, pdf=not args.no_pdf, figures=not args.no_figures,
-                        check_code=args.check_code)
+        reports = build(
+            args.out,
+            args.names or None,
+            pdf=not args.no_pdf,
+            figures=not args.no_figures,
+            check_code=args.check_code,
+        )
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     bad = [r.name for r in reports if not r.ok]
-    print(f"{len(reports)} decks in {args.out} ({time.perf_counter() - start:.1f} s)"
-          + (f"; problems in {', '.join(bad)} (see report.json)" if bad else ""))
+    print(
+        f"{len(reports)} decks in {args.out} ({time.perf_counter() - start:.1f} s)"
+        + (f"; problems in {', '.join(bad)} (see report.json)" if bad else "")
+    )
     return 1 if bad else 0
 
 

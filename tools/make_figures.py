@@ -77,7 +77,9 @@ def figure(function: Callable[[], plt.Figure]) -> Callable[[], plt.Figure]:
 # --------------------------------------------------------------------------------------
 
 
-def spirals(n: int = 600, classes: int = 3, noise: float = 0.25, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def spirals(
+    n: int = 600, classes: int = 3, noise: float = 0.25, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Interleaved 2-D spirals, one arm per class: a small task a linear model cannot solve.
 
     Example:
@@ -108,8 +110,16 @@ def blobs(n: int = 800, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list
     return x, y, ["circle", "square", "star", "oval"]
 
 
-def quiet_fit(model: nn.Module, train: tuple, val: tuple, *, optimizer: torch.optim.Optimizer,
-              epochs: int, batch_size: int = 64, seed: int = 0) -> pdl.History:
+def quiet_fit(
+    model: nn.Module,
+    train: tuple,
+    val: tuple,
+    *,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> pdl.History:
     """``pdl.fit`` on in-memory tensors, on the CPU, without progress output.
 
     Example:
@@ -122,11 +132,22 @@ def quiet_fit(model: nn.Module, train: tuple, val: tuple, *, optimizer: torch.op
     generator = torch.Generator().manual_seed(seed)
     train_loader = tensor_loader(*train, batch_size=batch_size, shuffle=True, generator=generator)
     val_loader = tensor_loader(*val, batch_size=512)
-    return pdl.fit(model, train_loader, val_loader, loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer,
-                   epochs=epochs, device="cpu", precision="fp32", progress=False)
+    return pdl.fit(
+        model,
+        train_loader,
+        val_loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        epochs=epochs,
+        device="cpu",
+        precision="fp32",
+        progress=False,
+    )
 
 
-def mlp(widths: list[int], *, batch_norm: bool = False, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def mlp(
+    widths: list[int], *, batch_norm: bool = False, activation: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
     """Linear layers of the given widths with an activation (and optionally BN) between them.
 
     Example:
@@ -193,9 +214,17 @@ def fig_00_peak_tflops() -> plt.Figure:
     bars[0].set_hatch("//")
     ax.set_xscale("log")
     ax.set_xlabel("peak throughput, TFLOPS (log scale)")
-    ax.set_title("Peak TFLOPS: vendor (blue), estimate (hatched), measured here (orange)", fontsize=11)
+    ax.set_title(
+        "Peak TFLOPS: vendor (blue), estimate (hatched), measured here (orange)", fontsize=11
+    )
     for bar, value in zip(bars, values, strict=True):
-        ax.text(value * 1.15, bar.get_y() + bar.get_height() / 2, f"{value:.3g}", va="center", fontsize=10)
+        ax.text(
+            value * 1.15,
+            bar.get_y() + bar.get_height() / 2,
+            f"{value:.3g}",
+            va="center",
+            fontsize=10,
+        )
     ax.set_xlim(min(values) / 2, max(values) * 4)
     ax.invert_yaxis()
     fig.tight_layout()
@@ -224,9 +253,16 @@ def fig_00_timeline() -> plt.Figure:
         color = "#e07b39" if year == 2012 else "#1f77b4"
         ax.plot([year, year], [0, height * 0.8], color=color, linewidth=1)
         ax.plot(year, 0, "o", color=color, markersize=7)
-        ax.text(year, height, f"{year}\n{label}" if height > 0 else f"{label}\n{year}", ha="center",
-                va="bottom" if height > 0 else "top", fontsize=9, color=color,
-                fontweight="bold" if year == 2012 else "normal")
+        ax.text(
+            year,
+            height,
+            f"{year}\n{label}" if height > 0 else f"{label}\n{year}",
+            ha="center",
+            va="bottom" if height > 0 else "top",
+            fontsize=9,
+            color=color,
+            fontweight="bold" if year == 2012 else "normal",
+        )
     ax.set_xlim(1952, 2026)
     ax.set_ylim(-3.4, 3.4)
     ax.axis("off")
@@ -238,19 +274,37 @@ def fig_00_timeline() -> plt.Figure:
 @figure
 def fig_00_float_formats() -> plt.Figure:
     # Bit layouts of the three formats; range and precision come from torch.finfo.
-    formats = [("float32", torch.float32, 8, 23), ("float16", torch.float16, 5, 10), ("bfloat16", torch.bfloat16, 8, 7)]
+    formats = [
+        ("float32", torch.float32, 8, 23),
+        ("float16", torch.float16, 5, 10),
+        ("bfloat16", torch.bfloat16, 8, 7),
+    ]
     fig, ax = plt.subplots(figsize=(9, 3.4))
     scale = 0.25  # width of one bit
     for row, (name, dtype, exponent, mantissa) in enumerate(formats):
         y = -row * 1.2
-        parts = [("sign", 1, "#d62728"), ("exponent", exponent, "#1f77b4"), ("mantissa", mantissa, "#2ca02c")]
+        parts = [
+            ("sign", 1, "#d62728"),
+            ("exponent", exponent, "#1f77b4"),
+            ("mantissa", mantissa, "#2ca02c"),
+        ]
         x = 0.0
         for label, bits, color in parts:
-            ax.add_patch(Rectangle((x, y), bits * scale, 0.8, facecolor=color, alpha=0.75, edgecolor="white"))
+            ax.add_patch(
+                Rectangle((x, y), bits * scale, 0.8, facecolor=color, alpha=0.75, edgecolor="white")
+            )
             if bits > 1:  # the sign bit is too narrow for a label
                 short = label if bits * scale >= 1.75 else label[:3]
-                ax.text(x + bits * scale / 2, y + 0.4, f"{short} {bits}", ha="center", va="center", color="white",
-                        fontsize=9, fontweight="bold")
+                ax.text(
+                    x + bits * scale / 2,
+                    y + 0.4,
+                    f"{short} {bits}",
+                    ha="center",
+                    va="center",
+                    color="white",
+                    fontsize=9,
+                    fontweight="bold",
+                )
             x += bits * scale
         info = torch.finfo(dtype)
         ax.text(-0.3, y + 0.4, name, ha="right", va="center", fontsize=12, fontweight="bold")
@@ -258,7 +312,9 @@ def fig_00_float_formats() -> plt.Figure:
     ax.set_xlim(-2.6, 12.6)
     ax.set_ylim(-2.6, 1.0)
     ax.axis("off")
-    ax.set_title("Same bits, different trade-off: bf16 keeps fp32's range, fp16 keeps more precision")
+    ax.set_title(
+        "Same bits, different trade-off: bf16 keeps fp32's range, fp16 keeps more precision"
+    )
     fig.tight_layout()
     return fig
 
@@ -268,18 +324,41 @@ def fig_00_float_formats() -> plt.Figure:
 # --------------------------------------------------------------------------------------
 
 
-def _grid(ax: plt.Axes, values: torch.Tensor, x0: float, y0: float, color: str, ghost: tuple[int, int] | None = None) -> None:
+def _grid(
+    ax: plt.Axes,
+    values: torch.Tensor,
+    x0: float,
+    y0: float,
+    color: str,
+    ghost: tuple[int, int] | None = None,
+) -> None:
     """Draw a 2-D tensor as a grid of numbered cells; ``ghost`` is the shape it is stretched to."""
     rows, cols = values.shape
     full_rows, full_cols = ghost or (rows, cols)
     for i in range(full_rows):
         for j in range(full_cols):
             real = i < rows and j < cols
-            ax.add_patch(Rectangle((x0 + j, y0 - i), 1, 1, facecolor=color if real else "white",
-                                   edgecolor="#555", linestyle="-" if real else ":", alpha=0.8 if real else 1))
+            ax.add_patch(
+                Rectangle(
+                    (x0 + j, y0 - i),
+                    1,
+                    1,
+                    facecolor=color if real else "white",
+                    edgecolor="#555",
+                    linestyle="-" if real else ":",
+                    alpha=0.8 if real else 1,
+                )
+            )
             value = values[min(i, rows - 1), min(j, cols - 1)].item()
-            ax.text(x0 + j + 0.5, y0 - i + 0.5, f"{value:g}", ha="center", va="center",
-                    color="black" if real else "#999", fontsize=12)
+            ax.text(
+                x0 + j + 0.5,
+                y0 - i + 0.5,
+                f"{value:g}",
+                ha="center",
+                va="center",
+                color="black" if real else "#999",
+                fontsize=12,
+            )
 
 
 @figure
@@ -318,8 +397,13 @@ def fig_01_strides() -> plt.Figure:
     _grid(ax, x, 0, 1.2, "#9ecae1")
     ax.text(1.5, -1.3, f"x: shape {tuple(x.shape)}\nstride {x.stride()}", ha="center", fontsize=11)
     _grid(ax, t, 6, 1.2, "#fdd0a2")
-    ax.text(7.0, -2.3, f"x.t(): shape {tuple(t.shape)}\nstride {t.stride()}\ncontiguous: {t.is_contiguous()}",
-            ha="center", fontsize=11)
+    ax.text(
+        7.0,
+        -2.3,
+        f"x.t(): shape {tuple(t.shape)}\nstride {t.stride()}\ncontiguous: {t.is_contiguous()}",
+        ha="center",
+        fontsize=11,
+    )
     ax.set_xlim(-2.5, 10)
     ax.set_ylim(-2.6, 4.3)
     ax.set_aspect("equal")
@@ -348,21 +432,42 @@ def fig_02_graph() -> plt.Figure:
     mul, acc_z = (fn for fn, _ in add.next_functions)
     acc_x, acc_y = (fn for fn, _ in mul.next_functions)
     nodes = {
-        "x": (0, 0, "leaf x\n" + type(acc_x).__name__), "y": (2.6, 0, "leaf y\n" + type(acc_y).__name__),
-        "z": (5.2, 1.4, "leaf z\n" + type(acc_z).__name__), "mul": (1.3, 1.4, "a = x * y\n" + type(mul).__name__),
-        "add": (3.2, 2.8, "b = a + z\n" + type(add).__name__), "sum": (3.2, 4.2, "c = b.sum()\n" + type(total).__name__),
+        "x": (0, 0, "leaf x\n" + type(acc_x).__name__),
+        "y": (2.6, 0, "leaf y\n" + type(acc_y).__name__),
+        "z": (5.2, 1.4, "leaf z\n" + type(acc_z).__name__),
+        "mul": (1.3, 1.4, "a = x * y\n" + type(mul).__name__),
+        "add": (3.2, 2.8, "b = a + z\n" + type(add).__name__),
+        "sum": (3.2, 4.2, "c = b.sum()\n" + type(total).__name__),
     }
     edges = [("x", "mul"), ("y", "mul"), ("mul", "add"), ("z", "add"), ("add", "sum")]
     fig, ax = plt.subplots(figsize=(8.5, 4.4))
     for name, (cx, cy, text) in nodes.items():
         leaf = name in ("x", "y", "z")
-        ax.add_patch(FancyBboxPatch((cx - 1.1, cy - 0.4), 2.2, 0.8, boxstyle="round,pad=0.05",
-                                    facecolor="#c7e9c0" if leaf else "#9ecae1", edgecolor="#333"))
+        ax.add_patch(
+            FancyBboxPatch(
+                (cx - 1.1, cy - 0.4),
+                2.2,
+                0.8,
+                boxstyle="round,pad=0.05",
+                facecolor="#c7e9c0" if leaf else "#9ecae1",
+                edgecolor="#333",
+            )
+        )
         ax.text(cx, cy, text, ha="center", va="center", fontsize=13)
     for start, end in edges:
         (x0, y0, _), (x1, y1, _) = nodes[start], nodes[end]
-        ax.add_patch(FancyArrowPatch((x0, y0 + 0.42), (x1, y1 - 0.42), arrowstyle="-|>", mutation_scale=14, color="#333"))
-    ax.text(6.5, 4.4, "forward: up\nbackward(): down,\nfrom the root c\nto the leaves", fontsize=13, va="top")
+        ax.add_patch(
+            FancyArrowPatch(
+                (x0, y0 + 0.42), (x1, y1 - 0.42), arrowstyle="-|>", mutation_scale=14, color="#333"
+            )
+        )
+    ax.text(
+        6.5,
+        4.4,
+        "forward: up\nbackward(): down,\nfrom the root c\nto the leaves",
+        fontsize=13,
+        va="top",
+    )
     ax.set_xlim(-1.3, 8.6)
     ax.set_ylim(-0.6, 4.8)
     ax.axis("off")
@@ -382,7 +487,9 @@ def _overfitting_history() -> pdl.History:
     x, y = spirals(650, noise=0.45, seed=1)
     model = mlp([2, 256, 256, 3])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    return quiet_fit(model, (x[:150], y[:150]), (x[150:], y[150:]), optimizer=optimizer, epochs=50, batch_size=32)
+    return quiet_fit(
+        model, (x[:150], y[:150]), (x[150:], y[150:]), optimizer=optimizer, epochs=50, batch_size=32
+    )
 
 
 @figure
@@ -405,7 +512,9 @@ def fig_03_confusion_matrix() -> plt.Figure:
     model = mlp([2, 32, 4])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     quiet_fit(model, (x[:1000], y[:1000]), (x[1000:], y[1000:]), optimizer=optimizer, epochs=15)
-    outputs, targets = pdl.predict(model, tensor_loader(x[1000:], y[1000:], batch_size=500), device="cpu")
+    outputs, targets = pdl.predict(
+        model, tensor_loader(x[1000:], y[1000:], batch_size=500), device="cpu"
+    )
     matrix = confusion_matrix(outputs, targets, num_classes=4)
     val_accuracy = accuracy(outputs, targets)
     fig, (counts, rates) = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -413,7 +522,9 @@ def fig_03_confusion_matrix() -> plt.Figure:
     counts.set_title("counts")
     plot_confusion_matrix(matrix, names, normalize=True, ax=rates)
     rates.set_title("row-normalized: diagonal = recall")
-    fig.suptitle(f"Validation confusion matrix of a small MLP on 4 blobs (accuracy {val_accuracy:.1%})")
+    fig.suptitle(
+        f"Validation confusion matrix of a small MLP on 4 blobs (accuracy {val_accuracy:.1%})"
+    )
     fig.tight_layout()
     return fig
 
@@ -462,8 +573,11 @@ def fig_03_universal_approximation() -> plt.Figure:
 def fig_04_activations() -> plt.Figure:
     x = torch.linspace(-5, 5, 401, requires_grad=True)
     functions = {
-        "sigmoid": torch.sigmoid, "tanh": torch.tanh, "ReLU": torch.relu,
-        "Leaky ReLU (0.1)": lambda v: nn.functional.leaky_relu(v, 0.1), "ELU": nn.functional.elu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "ReLU": torch.relu,
+        "Leaky ReLU (0.1)": lambda v: nn.functional.leaky_relu(v, 0.1),
+        "ELU": nn.functional.elu,
         "GELU": nn.functional.gelu,
     }
     fig, axes = plt.subplots(2, 3, figsize=(10, 5.2), sharex=True)
@@ -479,7 +593,9 @@ def fig_04_activations() -> plt.Figure:
     axes[0, 0].legend(loc="upper left")
     for ax in axes[1]:
         ax.set_xlabel("x")
-    fig.suptitle("Activation functions (solid) and their derivatives (dashed, computed by autograd)")
+    fig.suptitle(
+        "Activation functions (solid) and their derivatives (dashed, computed by autograd)"
+    )
     fig.tight_layout()
     return fig
 
@@ -487,13 +603,20 @@ def fig_04_activations() -> plt.Figure:
 @figure
 def fig_04_preprocessing() -> plt.Figure:
     generator = torch.Generator().manual_seed(0)
-    raw = torch.randn(400, 2, generator=generator) @ torch.tensor([[3.0, 0.0], [1.6, 0.6]]) + torch.tensor([8.0, 5.0])
+    raw = torch.randn(400, 2, generator=generator) @ torch.tensor(
+        [[3.0, 0.0], [1.6, 0.6]]
+    ) + torch.tensor([8.0, 5.0])
     centred = raw - raw.mean(0)
     standardized = centred / raw.std(0)
     covariance = centred.T @ centred / (len(raw) - 1)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
     whitened = centred @ eigenvectors / eigenvalues.sqrt()
-    panels = [("raw", raw), ("zero-centred", centred), ("standardized", standardized), ("PCA-whitened", whitened)]
+    panels = [
+        ("raw", raw),
+        ("zero-centred", centred),
+        ("standardized", standardized),
+        ("PCA-whitened", whitened),
+    ]
     limit = 1.05 * max(points.abs().max().item() for _, points in panels)  # one scale for all
     fig, axes = plt.subplots(1, 4, figsize=(11, 3.2))
     for ax, (title, points) in zip(axes, panels, strict=True):
@@ -519,9 +642,14 @@ def fig_04_init_stats() -> plt.Figure:
         "Glorot (xavier_normal_), tanh": (nn.init.xavier_normal_, torch.tanh),
         "Glorot, gain 5/3, tanh": (lambda w: nn.init.xavier_normal_(w, gain=tanh_gain), torch.tanh),
         "N(0, 0.01²), ReLU": (lambda w: nn.init.normal_(w, std=0.01), torch.relu),
-        "Kaiming (kaiming_normal_), ReLU": (lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"), torch.relu),
+        "Kaiming (kaiming_normal_), ReLU": (
+            lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+            torch.relu,
+        ),
     }
-    fig, (ax, saturation) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, saturation) = plt.subplots(
+        1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]}
+    )
     torch.manual_seed(0)
     with torch.inference_mode():
         for name, (init, activation) in setups.items():
@@ -532,9 +660,16 @@ def fig_04_init_stats() -> plt.Figure:
                 h = activation(h @ weight.T)
                 stds.append(h.std().item())
                 saturated.append((h.abs() > 0.99).float().mean().item())
-            line = ax.plot(range(1, depth + 1), stds, marker="o", label=f"{name} ({stds[0]:.2g} → {stds[-1]:.2g})")[0]
+            line = ax.plot(
+                range(1, depth + 1),
+                stds,
+                marker="o",
+                label=f"{name} ({stds[0]:.2g} → {stds[-1]:.2g})",
+            )[0]
             if "tanh" in name:
-                saturation.plot(range(1, depth + 1), saturated, marker="o", color=line.get_color(), label=name)
+                saturation.plot(
+                    range(1, depth + 1), saturated, marker="o", color=line.get_color(), label=name
+                )
     ax.set_yscale("log")
     ax.set_xlabel("layer")
     ax.set_ylabel("std of activations (log scale)")
@@ -569,7 +704,9 @@ OPTIMIZERS_2D = {
 
 @figure
 def fig_04_optimizer_paths() -> plt.Figure:
-    grid_x, grid_y = torch.meshgrid(torch.linspace(-7.5, 1.5, 200), torch.linspace(-2.2, 2.2, 200), indexing="xy")
+    grid_x, grid_y = torch.meshgrid(
+        torch.linspace(-7.5, 1.5, 200), torch.linspace(-2.2, 2.2, 200), indexing="xy"
+    )
     heights = _surface(torch.stack([grid_x, grid_y], dim=-1))
     fig, ax = plt.subplots(figsize=(10, 4.6))
     ax.contour(grid_x, grid_y, heights, levels=30, cmap="Greys", linewidths=0.7)
@@ -583,7 +720,14 @@ def fig_04_optimizer_paths() -> plt.Figure:
             optimizer.step()
             path.append(point.detach().clone())
         path = torch.stack(path)
-        ax.plot(path[:, 0], path[:, 1], marker="o", markersize=2.5, lw=1.5, label=f"{name} ({_surface(path[-1]):.3f})")
+        ax.plot(
+            path[:, 0],
+            path[:, 1],
+            marker="o",
+            markersize=2.5,
+            lw=1.5,
+            label=f"{name} ({_surface(path[-1]):.3f})",
+        )
     ax.plot([0], [0], "k*", markersize=14)
     ax.set_xlabel("w₁ (shallow direction)")
     ax.set_ylabel("w₂ (steep direction)")
@@ -612,7 +756,9 @@ def fig_04_optimizers_task() -> plt.Figure:
     for name, make in settings.items():
         torch.manual_seed(0)  # the same initial weights for every optimizer
         model = mlp([2, 64, 64, 3])
-        histories[name] = quiet_fit(model, train, val, optimizer=make(model.parameters()), epochs=15)
+        histories[name] = quiet_fit(
+            model, train, val, optimizer=make(model.parameters()), epochs=15
+        )
     fig, ax = plt.subplots(figsize=(8, 4.2))
     compare_histories(histories, ax=ax)
     ax.set_title("Spirals, 2-64-64-3 MLP, same init: validation loss per optimizer")
@@ -646,8 +792,12 @@ def fig_04_lr_range_test() -> plt.Figure:
     model = mlp([2, 64, 64, 3])
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     steps, start, end = 200, 1e-4, 30.0
-    growth = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(end / start) ** (1 / (steps - 1)))
-    loader = tensor_loader(x, y, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    growth = torch.optim.lr_scheduler.ExponentialLR(
+        optimizer, gamma=(end / start) ** (1 / (steps - 1))
+    )
+    loader = tensor_loader(
+        x, y, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
 
     def batches():  # as many passes over the data as the test needs
         while True:
@@ -669,7 +819,9 @@ def fig_04_lr_range_test() -> plt.Figure:
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot(rates, losses, lw=2)
     ax.axvline(rates[lowest], color="gray", ls=":", label=f"lowest loss at lr {rates[lowest]:.2g}")
-    ax.axvline(rates[lowest] / 10, color="green", ls="--", label=f"10x below: lr {rates[lowest] / 10:.2g}")
+    ax.axvline(
+        rates[lowest] / 10, color="green", ls="--", label=f"10x below: lr {rates[lowest] / 10:.2g}"
+    )
     ax.set_xscale("log")
     ax.set_ylim(0, 2 * losses[0])  # the blow-up at the end runs off the top
     ax.set_xlabel("learning rate (raised after every batch, log scale)")
@@ -696,12 +848,23 @@ def fig_04_lr_schedules() -> plt.Figure:
         return rates
 
     schedules = {
-        "StepLR(step_size=30, gamma=0.1)": lambda o: torch.optim.lr_scheduler.StepLR(o, 30, gamma=0.1),
-        "CosineAnnealingLR(T_max=100)": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, steps),
-        "OneCycleLR(max_lr=0.1)": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=steps),
+        "StepLR(step_size=30, gamma=0.1)": lambda o: torch.optim.lr_scheduler.StepLR(
+            o, 30, gamma=0.1
+        ),
+        "CosineAnnealingLR(T_max=100)": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(
+            o, steps
+        ),
+        "OneCycleLR(max_lr=0.1)": lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o, max_lr=0.1, total_steps=steps
+        ),
         "warm-up 10 + cosine": lambda o: torch.optim.lr_scheduler.SequentialLR(
-            o, [torch.optim.lr_scheduler.LinearLR(o, 0.01, 1.0, total_iters=10),
-                torch.optim.lr_scheduler.CosineAnnealingLR(o, steps - 10)], milestones=[10]),
+            o,
+            [
+                torch.optim.lr_scheduler.LinearLR(o, 0.01, 1.0, total_iters=10),
+                torch.optim.lr_scheduler.CosineAnnealingLR(o, steps - 10),
+            ],
+            milestones=[10],
+        ),
     }
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, make in schedules.items():
@@ -720,8 +883,14 @@ def fig_04_lr_schedules() -> plt.Figure:
 # --------------------------------------------------------------------------------------
 
 
-def _cells(ax: plt.Axes, values: torch.Tensor, x0: float, y0: float, colors: list[list[str]] | str,
-           highlight: tuple[int, int, int] | None = None) -> None:
+def _cells(
+    ax: plt.Axes,
+    values: torch.Tensor,
+    x0: float,
+    y0: float,
+    colors: list[list[str]] | str,
+    highlight: tuple[int, int, int] | None = None,
+) -> None:
     """A 2-D tensor as numbered cells (top-left at x0, y0); ``colors`` per cell or one for all;
     ``highlight=(row, column, size)`` outlines a square window in red."""
     rows, cols = values.shape
@@ -729,17 +898,32 @@ def _cells(ax: plt.Axes, values: torch.Tensor, x0: float, y0: float, colors: lis
         for j in range(cols):
             color = colors if isinstance(colors, str) else colors[i][j]
             ax.add_patch(Rectangle((x0 + j, y0 - i), 1, 1, facecolor=color, edgecolor="#555"))
-            ax.text(x0 + j + 0.5, y0 - i + 0.5, f"{values[i, j].item():g}", ha="center", va="center", fontsize=12)
+            ax.text(
+                x0 + j + 0.5,
+                y0 - i + 0.5,
+                f"{values[i, j].item():g}",
+                ha="center",
+                va="center",
+                fontsize=12,
+            )
     if highlight is not None:
         i, j, size = highlight
-        ax.add_patch(Rectangle((x0 + j, y0 - i - size + 1), size, size, fill=False, edgecolor="#d62728", lw=3))
+        ax.add_patch(
+            Rectangle(
+                (x0 + j, y0 - i - size + 1), size, size, fill=False, edgecolor="#d62728", lw=3
+            )
+        )
 
 
 @figure
 def fig_05_convolution() -> plt.Figure:
-    image = torch.tensor([[1.0, 2, 0, 1, 3], [0, 1, 3, 2, 1], [2, 0, 1, 1, 0], [1, 3, 2, 0, 1], [0, 1, 1, 2, 2]])
+    image = torch.tensor(
+        [[1.0, 2, 0, 1, 3], [0, 1, 3, 2, 1], [2, 0, 1, 1, 0], [1, 3, 2, 0, 1], [0, 1, 1, 2, 2]]
+    )
     kernel = torch.tensor([[1.0, 0, -1], [1, 0, -1], [1, 0, -1]])
-    out = torch.nn.functional.conv2d(image[None, None], kernel[None, None])[0, 0]  # what nn.Conv2d computes
+    out = torch.nn.functional.conv2d(image[None, None], kernel[None, None])[
+        0, 0
+    ]  # what nn.Conv2d computes
     i, j = 1, 2  # the window shown
     fig, ax = plt.subplots(figsize=(11, 3.6))
     _cells(ax, image, 0, 4, "#deebf7", highlight=(i, j, 3))
@@ -747,9 +931,16 @@ def fig_05_convolution() -> plt.Figure:
     _cells(ax, kernel, 6.2, 3, "#fdd0a2")
     ax.text(9.8, 2.5, "=", fontsize=24, ha="center", va="center")
     _cells(ax, out, 10.4, 3, "#e5f5e0", highlight=(i, j, 1))
-    window = image[i:i + 3, j:j + 3]
-    ax.text(6.5, -1.0, f"out[{i}, {j}] = sum(window x kernel) = {(window * kernel).sum().item():g}"
-            f"   (F.conv2d: {out[i, j].item():g})", ha="center", fontsize=12, color="#d62728")
+    window = image[i : i + 3, j : j + 3]
+    ax.text(
+        6.5,
+        -1.0,
+        f"out[{i}, {j}] = sum(window x kernel) = {(window * kernel).sum().item():g}"
+        f"   (F.conv2d: {out[i, j].item():g})",
+        ha="center",
+        fontsize=12,
+        color="#d62728",
+    )
     ax.text(2.5, -1.9, "input 5x5", ha="center", fontsize=12)
     ax.text(7.7, -1.9, "kernel 3x3 (learned)", ha="center", fontsize=12)
     ax.text(11.9, -1.9, "output 3x3", ha="center", fontsize=12)
@@ -767,8 +958,10 @@ def fig_05_pooling() -> plt.Figure:
     grid = torch.tensor([[1.0, 3, 2, 0], [4, 2, 1, 1], [0, 1, 5, 6], [2, 2, 7, 8]])
     palette = [["#deebf7", "#fdd0a2"], ["#e5f5e0", "#efedf5"]]  # one colour per 2x2 window
     colors = [[palette[i // 2][j // 2] for j in range(4)] for i in range(4)]
-    pooled = {"max pooling": torch.nn.functional.max_pool2d(grid[None, None], 2)[0, 0],
-              "average pooling": torch.nn.functional.avg_pool2d(grid[None, None], 2)[0, 0]}
+    pooled = {
+        "max pooling": torch.nn.functional.max_pool2d(grid[None, None], 2)[0, 0],
+        "average pooling": torch.nn.functional.avg_pool2d(grid[None, None], 2)[0, 0],
+    }
     fig, ax = plt.subplots(figsize=(10, 3.4))
     _cells(ax, grid, 0, 3, colors)
     for k, (name, values) in enumerate(pooled.items()):
@@ -776,12 +969,19 @@ def fig_05_pooling() -> plt.Figure:
         _cells(ax, values, x0, 2, palette)
         ax.text(x0 + 1, -0.7, name, ha="center", fontsize=12)
     ax.text(2, -0.7, "4x4 feature map", ha="center", fontsize=12)
-    ax.annotate("", xy=(5.6, 1.5), xytext=(4.3, 1.5), arrowprops={"arrowstyle": "-|>", "color": "#333", "lw": 2})
+    ax.annotate(
+        "",
+        xy=(5.6, 1.5),
+        xytext=(4.3, 1.5),
+        arrowprops={"arrowstyle": "-|>", "color": "#333", "lw": 2},
+    )
     ax.set_xlim(-0.3, 13)
     ax.set_ylim(-1.1, 4.2)
     ax.set_aspect("equal")
     ax.axis("off")
-    ax.set_title("2x2 pooling with stride 2: one number per window, no parameters, half the height and width")
+    ax.set_title(
+        "2x2 pooling with stride 2: one number per window, no parameters, half the height and width"
+    )
     fig.tight_layout()
     return fig
 
@@ -793,12 +993,16 @@ def fig_05_receptive_field() -> plt.Figure:
     fig, axes = plt.subplots(1, len(layers), figsize=(12, 3.7), layout="constrained")
     stack: list[nn.Module] = []
     for ax, (name, kernel_size, stride) in zip(axes, layers, strict=True):
-        window = nn.Conv2d(1, 1, kernel_size, stride=stride, bias=False)  # the pooling window's footprint
+        window = nn.Conv2d(
+            1, 1, kernel_size, stride=stride, bias=False
+        )  # the pooling window's footprint
         nn.init.constant_(window.weight, 1.0)
         stack.append(window)
         x = torch.zeros(1, 1, size, size, requires_grad=True)
         out = nn.Sequential(*stack)(x)
-        out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()  # which input pixels reach the centre unit?
+        out[
+            0, 0, out.shape[2] // 2, out.shape[3] // 2
+        ].backward()  # which input pixels reach the centre unit?
         reached = (x.grad[0, 0] != 0).float()
         side = int(reached.sum(dim=1).nonzero().numel())
         ax.imshow(reached.numpy(), cmap="Blues", vmin=0, vmax=1.3)
@@ -807,7 +1011,9 @@ def fig_05_receptive_field() -> plt.Figure:
         ax.tick_params(length=0)
         ax.grid(color="#ccc", lw=0.5)
         ax.set_title(f"+ {name}\nsees {side}x{side} pixels", fontsize=12)
-    fig.suptitle("Receptive field of one unit after each layer (measured with autograd on a 16x16 input)")
+    fig.suptitle(
+        "Receptive field of one unit after each layer (measured with autograd on a 16x16 input)"
+    )
     return fig
 
 
@@ -829,8 +1035,20 @@ def fig_05_filters() -> plt.Figure:
     generator = torch.Generator().manual_seed(0)
     (x_train, y_train), (x_val, y_val) = _bars(1500, generator), _bars(500, generator)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(8 * 16, 4))
-    quiet_fit(model, (x_train, y_train), (x_val, y_val), optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), epochs=6)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(4),
+        nn.Flatten(),
+        nn.Linear(8 * 16, 4),
+    )
+    quiet_fit(
+        model,
+        (x_train, y_train),
+        (x_val, y_val),
+        optimizer=torch.optim.Adam(model.parameters(), lr=3e-3),
+        epochs=6,
+    )
     outputs, targets = pdl.predict(model, x_val, device="cpu"), y_val
     val_accuracy = accuracy(outputs.outputs, targets)
     fig, axes = plt.subplots(2, 9, figsize=(12, 3.4))
@@ -848,8 +1066,10 @@ def fig_05_filters() -> plt.Figure:
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"A CNN trained to tell 4 bar orientations apart (validation accuracy {val_accuracy:.0%}): "
-                 "its first-layer filters and feature maps")
+    fig.suptitle(
+        f"A CNN trained to tell 4 bar orientations apart (validation accuracy {val_accuracy:.0%}): "
+        "its first-layer filters and feature maps"
+    )
     fig.tight_layout()
     return fig
 
@@ -867,13 +1087,17 @@ def _letter_f() -> torch.Tensor:
 def fig_05_augmentation() -> plt.Figure:
     from torchvision.transforms import v2
 
-    augment = v2.Compose([v2.RandomCrop(28, padding=3), v2.RandomHorizontalFlip(), v2.RandomRotation(10)])
+    augment = v2.Compose(
+        [v2.RandomCrop(28, padding=3), v2.RandomHorizontalFlip(), v2.RandomRotation(10)]
+    )
     torch.manual_seed(0)
     image = _letter_f()
     versions = torch.stack([image] + [augment(image) for _ in range(7)]).float() / 255
     fig = pdl.plot.show_images(versions, ncols=8, size=1.4)
     fig.axes[0].set_title("original", fontsize=10)
-    fig.suptitle("v2.RandomCrop(28, padding=3), RandomHorizontalFlip(), RandomRotation(10): a new version per call")
+    fig.suptitle(
+        "v2.RandomCrop(28, padding=3), RandomHorizontalFlip(), RandomRotation(10): a new version per call"
+    )
     fig.tight_layout()
     return fig
 
@@ -886,18 +1110,31 @@ def fig_05_regularization() -> plt.Figure:
     x = torch.cat([x, torch.randn(len(x), 8, generator=torch.Generator().manual_seed(3))], dim=1)
     train, val = (x[:100], y[:100]), (x[100:], y[100:])
 
-    def run(hidden: list[int], dropout: float = 0.0, make_optimizer=lambda p: torch.optim.Adam(p, lr=3e-3)) -> pdl.History:
+    def run(
+        hidden: list[int],
+        dropout: float = 0.0,
+        make_optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+    ) -> pdl.History:
         torch.manual_seed(0)
         layers: list[nn.Module] = []
         for n_in, n_out in zip([10, *hidden[:-1]], hidden, strict=True):
             layers += [nn.Linear(n_in, n_out), nn.ReLU(), nn.Dropout(dropout)]
         model = nn.Sequential(*layers, nn.Linear(hidden[-1], 4))
-        return quiet_fit(model, train, val, optimizer=make_optimizer(model.parameters()), epochs=60, batch_size=32)
+        return quiet_fit(
+            model,
+            train,
+            val,
+            optimizer=make_optimizer(model.parameters()),
+            epochs=60,
+            batch_size=32,
+        )
 
     histories = {
         "baseline (256-256)": run([256, 256]),
         "dropout 0.5": run([256, 256], dropout=0.5),
-        "AdamW weight_decay=1": run([256, 256], make_optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=1.0)),
+        "AdamW weight_decay=1": run(
+            [256, 256], make_optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=1.0)
+        ),
         "smaller (32)": run([32]),
     }
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -909,7 +1146,9 @@ def fig_05_regularization() -> plt.Figure:
     left.set_title("baseline: train and validation loss")
     compare_histories(histories, ax=right)
     right.set_title("validation loss, one change at a time")
-    fig.suptitle("100 training points (4 overlapping blobs + 8 noise features), an MLP, 60 epochs of Adam")
+    fig.suptitle(
+        "100 training points (4 overlapping blobs + 8 noise features), an MLP, 60 epochs of Adam"
+    )
     fig.tight_layout()
     return fig
 
@@ -977,13 +1216,35 @@ def fig_07_residual_block() -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     boxes = [(1.0, "conv 3x3"), (2.0, "BN + ReLU"), (3.0, "conv 3x3"), (4.0, "BN")]
     for y, text in boxes:
-        ax.add_patch(FancyBboxPatch((1.2, y - 0.3), 2.6, 0.6, boxstyle="round,pad=0.05", facecolor="#9ecae1", edgecolor="#333"))
+        ax.add_patch(
+            FancyBboxPatch(
+                (1.2, y - 0.3),
+                2.6,
+                0.6,
+                boxstyle="round,pad=0.05",
+                facecolor="#9ecae1",
+                edgecolor="#333",
+            )
+        )
         ax.text(2.5, y, text, ha="center", va="center", fontsize=14)
     for y0, y1 in [(0.2, 0.7), (1.3, 1.7), (2.3, 2.7), (3.3, 3.7), (4.3, 4.78)]:
-        ax.add_patch(FancyArrowPatch((2.5, y0), (2.5, y1), arrowstyle="-|>", mutation_scale=14, color="#333"))
+        ax.add_patch(
+            FancyArrowPatch((2.5, y0), (2.5, y1), arrowstyle="-|>", mutation_scale=14, color="#333")
+        )
     ax.plot([2.5, 4.6, 4.6], [0.45, 0.45, 5.0], color="#d62728", lw=2)
-    ax.add_patch(FancyArrowPatch((4.6, 5.0), (2.74, 5.0), arrowstyle="-|>", mutation_scale=14, color="#d62728", lw=2))
-    ax.text(4.8, 2.5, "identity shortcut:\nx is added back\nunchanged", color="#d62728", fontsize=14, va="center")
+    ax.add_patch(
+        FancyArrowPatch(
+            (4.6, 5.0), (2.74, 5.0), arrowstyle="-|>", mutation_scale=14, color="#d62728", lw=2
+        )
+    )
+    ax.text(
+        4.8,
+        2.5,
+        "identity shortcut:\nx is added back\nunchanged",
+        color="#d62728",
+        fontsize=14,
+        va="center",
+    )
     ax.plot([0.95, 0.85, 0.85, 0.95], [0.7, 0.7, 4.3, 4.3], color="#1f77b4", lw=1.5)
     ax.add_patch(plt.Circle((2.5, 5.0), 0.22, facecolor="white", edgecolor="#333"))
     ax.text(2.5, 5.0, "+", ha="center", va="center", fontsize=16)
@@ -1003,8 +1264,14 @@ def fig_07_resnet_stages() -> plt.Figure:
     from torchvision.models import resnet18
 
     model = resnet18(weights=None, num_classes=2)  # the architecture only: counts need no weights
-    stages = {"stem": ["conv1", "bn1", "relu", "maxpool"], "layer1": ["layer1"], "layer2": ["layer2"],
-              "layer3": ["layer3"], "layer4": ["layer4"], "avgpool + fc": ["avgpool", "flatten", "fc"]}
+    stages = {
+        "stem": ["conv1", "bn1", "relu", "maxpool"],
+        "layer1": ["layer1"],
+        "layer2": ["layer2"],
+        "layer3": ["layer3"],
+        "layer4": ["layer4"],
+        "avgpool + fc": ["avgpool", "flatten", "fc"],
+    }
     counts, shapes = [], []
     with torch.inference_mode():
         h = torch.zeros(1, 3, 224, 224)
@@ -1012,18 +1279,33 @@ def fig_07_resnet_stages() -> plt.Figure:
             counts.append(0)
             for name in parts:
                 h = torch.flatten(h, 1) if name == "flatten" else getattr(model, name)(h)
-                counts[-1] += sum(p.numel() for p in getattr(model, name).parameters()) if name != "flatten" else 0
+                counts[-1] += (
+                    sum(p.numel() for p in getattr(model, name).parameters())
+                    if name != "flatten"
+                    else 0
+                )
             shapes.append("x".join(str(s) for s in h.shape[1:]))
     fig, ax = plt.subplots(figsize=(9, 4))
-    bars = ax.bar(list(stages), [c / 1e6 for c in counts], color=["#bbb", "#9ecae1", "#6baed6", "#3182bd", "#08519c", "#e07b39"])
+    bars = ax.bar(
+        list(stages),
+        [c / 1e6 for c in counts],
+        color=["#bbb", "#9ecae1", "#6baed6", "#3182bd", "#08519c", "#e07b39"],
+    )
     for bar, count, shape in zip(bars, counts, shapes, strict=True):
         size = f"{count / 1e6:.2f} M" if count >= 1e5 else f"{count / 1e3:.1f} k"
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.08, f"{size}\nout {shape}",
-                ha="center", fontsize=10)
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height() + 0.08,
+            f"{size}\nout {shape}",
+            ha="center",
+            fontsize=10,
+        )
     ax.set_ylabel("parameters (millions)")
     ax.set_ylim(0, max(counts) / 1e6 * 1.3)
     total = sum(p.numel() for p in model.parameters())
-    ax.set_title(f"ResNet-18 with a 2-class head: {total / 1e6:.1f} M parameters, output shape per stage (224 px)")
+    ax.set_title(
+        f"ResNet-18 with a 2-class head: {total / 1e6:.1f} M parameters, output shape per stage (224 px)"
+    )
     fig.tight_layout()
     return fig
 
@@ -1041,7 +1323,11 @@ def _pretrained_first_conv() -> tuple[str, torch.Tensor, torch.Tensor]:
 
     choices = [
         ("resnet18", "DEFAULT", "ResNet-18, torchvision's ImageNet weights"),
-        ("mobilenet_v2", "data:weights/mobilenet_v2_imagenet_features.pth", "MobileNetV2, the data mirror's ImageNet weights"),
+        (
+            "mobilenet_v2",
+            "data:weights/mobilenet_v2_imagenet_features.pth",
+            "MobileNetV2, the data mirror's ImageNet weights",
+        ),
     ]
     backbone, label = "resnet18", "ResNet-18: NO pretrained weights here, both rows random"
     model = torchvision.models.resnet18(weights=None)
@@ -1075,15 +1361,23 @@ def fig_07_first_layer_filters() -> plt.Figure:
 
     label, pretrained, random = _pretrained_first_conv()
     fig, axes = plt.subplots(2, 1, figsize=(9, 4.2))
-    for ax, weights, name in zip(axes, (pretrained, random), ("pretrained", "random initialisation"), strict=True):
+    for ax, weights, name in zip(
+        axes, (pretrained, random), ("pretrained", "random initialisation"), strict=True
+    ):
         tiles = weights[:32]
         low, high = tiles.amin(dim=(1, 2, 3), keepdim=True), tiles.amax(dim=(1, 2, 3), keepdim=True)
-        grid = torchvision.utils.make_grid((tiles - low) / (high - low + 1e-8), nrow=16, padding=1, pad_value=1.0)
+        grid = torchvision.utils.make_grid(
+            (tiles - low) / (high - low + 1e-8), nrow=16, padding=1, pad_value=1.0
+        )
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(f"{name}: neighbouring weights correlate {_neighbour_correlation(weights):.2f}")
+        ax.set_title(
+            f"{name}: neighbouring weights correlate {_neighbour_correlation(weights):.2f}"
+        )
         ax.axis("off")
     k = pretrained.shape[-1]
-    fig.suptitle(f"First-layer filters of {label}\n({k}x{k} RGB, the first 32 of {pretrained.shape[0]})")
+    fig.suptitle(
+        f"First-layer filters of {label}\n({k}x{k} RGB, the first 32 of {pretrained.shape[0]})"
+    )
     fig.tight_layout()
     return fig
 
@@ -1093,32 +1387,75 @@ def fig_07_first_layer_filters() -> plt.Figure:
 # --------------------------------------------------------------------------------------
 
 
-def _box(ax: plt.Axes, x: float, y: float, text: str, color: str, width: float = 2.1, height: float = 0.9) -> None:
-    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.06",
-                                facecolor=color, edgecolor="#333"))
+def _box(
+    ax: plt.Axes, x: float, y: float, text: str, color: str, width: float = 2.1, height: float = 0.9
+) -> None:
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - width / 2, y - height / 2),
+            width,
+            height,
+            boxstyle="round,pad=0.06",
+            facecolor=color,
+            edgecolor="#333",
+        )
+    )
     ax.text(x, y, text, ha="center", va="center", fontsize=11)
 
 
 def _arrow(ax: plt.Axes, start: tuple[float, float], end: tuple[float, float], **style) -> None:
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color=style.pop("color", "#333"),
-                                 **style))
+    ax.add_patch(
+        FancyArrowPatch(
+            start,
+            end,
+            arrowstyle="-|>",
+            mutation_scale=14,
+            color=style.pop("color", "#333"),
+            **style,
+        )
+    )
 
 
 @figure
 def fig_08_pipeline() -> plt.Figure:
-    steps = ["problem\nformulation", "data\nacquisition", "compare\nopen models", "architecture,\ntuning,\nfine-tuning",
-             "evaluation on\nreal test data", "serve:\nexport, speed,\napplication"]
+    steps = [
+        "problem\nformulation",
+        "data\nacquisition",
+        "compare\nopen models",
+        "architecture,\ntuning,\nfine-tuning",
+        "evaluation on\nreal test data",
+        "serve:\nexport, speed,\napplication",
+    ]
     colors = ["#c6dbef", "#c6dbef", "#9ecae1", "#9ecae1", "#6baed6", "#fdd0a2"]
     fig, ax = plt.subplots(figsize=(11, 2.9))
     for i, (text, color) in enumerate(zip(steps, colors, strict=True)):
         _box(ax, 1.3 + 2.5 * i, 1.0, text, color, height=1.2)
         if i:
             _arrow(ax, (2.45 + 2.5 * (i - 1), 1.0), (0.15 + 2.5 * i, 1.0))
-    for start, end, label in [(4, 2, "not good enough: other data or model"), (5, 0, "users' feedback: a new problem")]:
+    for start, end, label in [
+        (4, 2, "not good enough: other data or model"),
+        (5, 0, "users' feedback: a new problem"),
+    ]:
         x0, x1 = 1.3 + 2.5 * start, 1.3 + 2.5 * end
-        ax.add_patch(FancyArrowPatch((x0, 1.65), (x1, 1.65), connectionstyle=f"arc3,rad={0.18 if start == 4 else 0.12}",
-                                     arrowstyle="-|>", mutation_scale=14, color="#d62728", lw=1.5))
-        ax.text((x0 + x1) / 2, 2.35 if start == 4 else 2.72, label, ha="center", color="#d62728", fontsize=10)
+        ax.add_patch(
+            FancyArrowPatch(
+                (x0, 1.65),
+                (x1, 1.65),
+                connectionstyle=f"arc3,rad={0.18 if start == 4 else 0.12}",
+                arrowstyle="-|>",
+                mutation_scale=14,
+                color="#d62728",
+                lw=1.5,
+            )
+        )
+        ax.text(
+            (x0 + x1) / 2,
+            2.35 if start == 4 else 2.72,
+            label,
+            ha="center",
+            color="#d62728",
+            fontsize=10,
+        )
     ax.set(xlim=(-0.1, 15.2), ylim=(0.2, 3.0))
     ax.axis("off")
     ax.set_title("The pipeline of a deep-learning project, and its loops back")
@@ -1131,16 +1468,39 @@ def fig_08_model_zoo() -> plt.Figure:
     """Published ImageNet accuracy vs compute, from torchvision's weights metadata (no download)."""
     from torchvision.models import get_model_weights
 
-    names = ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b3", "resnet18", "resnet50",
-             "convnext_tiny", "convnext_base", "vit_b_16"]
+    names = [
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "efficientnet_b3",
+        "resnet18",
+        "resnet50",
+        "convnext_tiny",
+        "convnext_base",
+        "vit_b_16",
+    ]
     fig, ax = plt.subplots(figsize=(8.5, 4.6))
     for name in names:
         meta = get_model_weights(name).DEFAULT.meta
-        accuracy, gflops, params = meta["_metrics"]["ImageNet-1K"]["acc@1"], meta["_ops"], meta["num_params"] / 1e6
+        accuracy, gflops, params = (
+            meta["_metrics"]["ImageNet-1K"]["acc@1"],
+            meta["_ops"],
+            meta["num_params"] / 1e6,
+        )
         ax.scatter(gflops, accuracy, s=8 * params + 10, alpha=0.55)
-        ax.annotate(f"{name} ({params:.0f} M)", (gflops, accuracy), textcoords="offset points", xytext=(6, -4), fontsize=9)
-    ax.set(xscale="log", xlabel="GFLOPs per 224 px image (log scale)", ylabel="ImageNet top-1 accuracy (%)",
-           xlim=(0.03, 60))
+        ax.annotate(
+            f"{name} ({params:.0f} M)",
+            (gflops, accuracy),
+            textcoords="offset points",
+            xytext=(6, -4),
+            fontsize=9,
+        )
+    ax.set(
+        xscale="log",
+        xlabel="GFLOPs per 224 px image (log scale)",
+        ylabel="ImageNet top-1 accuracy (%)",
+        xlim=(0.03, 60),
+    )
     ax.set_title("torchvision's published metadata (marker size: parameters)")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -1172,12 +1532,20 @@ def fig_08_batch_size() -> plt.Figure:
         seconds[size] = _seconds_per_call(run)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.plot(sizes, [1e3 * seconds[s] for s in sizes], marker="o")
-    left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per batch", title="latency of one batch")
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="ms per batch",
+        title="latency of one batch",
+    )
     right.plot(sizes, [s / seconds[s] for s in sizes], marker="o", color="tab:green")
     right.set(xscale="log", xlabel="batch size", ylabel="images per second", title="throughput")
     for ax in (left, right):
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"Lecture 05's CNN, eager, measured when the figures were built ({torch.get_num_threads()} thread(s))")
+    fig.suptitle(
+        f"Lecture 05's CNN, eager, measured when the figures were built ({torch.get_num_threads()} thread(s))"
+    )
     fig.tight_layout()
     return fig
 
@@ -1192,11 +1560,24 @@ def fig_08_speedups() -> plt.Figure:
 
     model = pdl.models.ExamplesCNN().eval()  # random weights: the speed does not depend on them
     folder = Path(tempfile.mkdtemp(prefix="pdl-figure-"))
-    torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), folder / "cnn.onnx", input_names=["images"],
-                      dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
-    quantize_dynamic(str(folder / "cnn.onnx"), str(folder / "linear.onnx"), weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul", "Gemm"])
-    quantize_dynamic(str(folder / "cnn.onnx"), str(folder / "all.onnx"), weight_type=QuantType.QInt8)
+    torch.onnx.export(
+        model,
+        (torch.zeros(2, 1, 28, 28),),
+        folder / "cnn.onnx",
+        input_names=["images"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        external_data=False,
+        verbose=False,
+    )
+    quantize_dynamic(
+        str(folder / "cnn.onnx"),
+        str(folder / "linear.onnx"),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+    )
+    quantize_dynamic(
+        str(folder / "cnn.onnx"), str(folder / "all.onnx"), weight_type=QuantType.QInt8
+    )
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     last = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -1213,27 +1594,43 @@ def fig_08_speedups() -> plt.Figure:
 
         return make
 
-    paths = {"eager, eval + no_grad\n(the reference)": torch_path(model, torch.no_grad),
-             "eager, inference_mode": torch_path(model, torch.inference_mode),
-             "eager, channels_last": torch_path(last, torch.inference_mode, torch.channels_last)}
-    for label, file in [("ONNX Runtime float32", "cnn"), ("ONNX Runtime int8,\nlinear layers", "linear"),
-                        ("ONNX Runtime int8,\nall layers", "all")]:
-        session = onnxruntime.InferenceSession(str(folder / f"{file}.onnx"), options, providers=["CPUExecutionProvider"])
-        paths[label] = lambda x, s=session: (lambda: s.run(None, {"images": x.numpy()}))
-    batches = {"batch 1 (latency)": torch.randn(1, 1, 28, 28), "batch 256 (throughput)": torch.randn(256, 1, 28, 28)}
+    paths = {
+        "eager, eval + no_grad\n(the reference)": torch_path(model, torch.no_grad),
+        "eager, inference_mode": torch_path(model, torch.inference_mode),
+        "eager, channels_last": torch_path(last, torch.inference_mode, torch.channels_last),
+    }
+    for label, file in [
+        ("ONNX Runtime float32", "cnn"),
+        ("ONNX Runtime int8,\nlinear layers", "linear"),
+        ("ONNX Runtime int8,\nall layers", "all"),
+    ]:
+        session = onnxruntime.InferenceSession(
+            str(folder / f"{file}.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        paths[label] = lambda x, s=session: lambda: s.run(None, {"images": x.numpy()})
+    batches = {
+        "batch 1 (latency)": torch.randn(1, 1, 28, 28),
+        "batch 256 (throughput)": torch.randn(256, 1, 28, 28),
+    }
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9), sharey=True)
     for ax, (title, x) in zip(axes, batches.items(), strict=True):
         seconds = {name: _seconds_per_call(make(x)) for name, make in paths.items()}
         reference = next(iter(seconds.values()))
         ratios = [reference / s for s in seconds.values()]
-        ax.barh(list(seconds), ratios, color=["tab:green" if r > 1.05 else "tab:red" if r < 0.95 else "#999" for r in ratios])
+        ax.barh(
+            list(seconds),
+            ratios,
+            color=["tab:green" if r > 1.05 else "tab:red" if r < 0.95 else "#999" for r in ratios],
+        )
         for i, r in enumerate(ratios):
             ax.text(r, i, f" {r:.2f}x", va="center", fontsize=10)
         ax.axvline(1, color="black", lw=1)
         ax.set(xscale="log", xlabel="speed-up vs eager float32 (log scale)", title=title)
         ax.set_xlim(right=max(ratios) * 3)
     axes[0].invert_yaxis()
-    fig.suptitle(f"Lecture 05's CNN on this CPU, {torch.get_num_threads()} thread(s), measured when the figures were built")
+    fig.suptitle(
+        f"Lecture 05's CNN on this CPU, {torch.get_num_threads()} thread(s), measured when the figures were built"
+    )
     fig.tight_layout()
     return fig
 
@@ -1241,21 +1638,43 @@ def fig_08_speedups() -> plt.Figure:
 @figure
 def fig_08_parallelism() -> plt.Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, title in [(left, "data parallel: split the batch"), (right, "model parallel: split the layers")]:
+    for ax, title in [
+        (left, "data parallel: split the batch"),
+        (right, "model parallel: split the layers"),
+    ]:
         ax.set(xlim=(0, 10), ylim=(0, 6), title=title)
         ax.axis("off")
     for i, y in enumerate((4.2, 1.5)):
         _box(left, 2.0, y, f"batch half {i + 1}", "#fdd0a2", width=2.4)
         _box(left, 6.0, y, f"device {i + 1}:\nthe whole model", "#9ecae1", width=3.0, height=1.3)
         _arrow(left, (3.25, y), (4.45, y))
-    left.add_patch(FancyArrowPatch((7.6, 4.0), (7.6, 1.7), arrowstyle="<|-|>", mutation_scale=14, color="#d62728", lw=2))
-    left.text(7.85, 2.85, "gradients\n(all-reduce,\nevery step)", color="#d62728", fontsize=11, va="center")
+    left.add_patch(
+        FancyArrowPatch(
+            (7.6, 4.0), (7.6, 1.7), arrowstyle="<|-|>", mutation_scale=14, color="#d62728", lw=2
+        )
+    )
+    left.text(
+        7.85,
+        2.85,
+        "gradients\n(all-reduce,\nevery step)",
+        color="#d62728",
+        fontsize=11,
+        va="center",
+    )
     _box(right, 1.4, 3.0, "the batch", "#fdd0a2", width=1.9)
     _box(right, 4.3, 3.0, "device 1:\nlayers 1-k", "#9ecae1", width=2.3, height=1.3)
     _box(right, 8.0, 3.0, "device 2:\nlayers k+1-n", "#9ecae1", width=2.3, height=1.3)
     _arrow(right, (2.4, 3.0), (3.1, 3.0))
-    right.add_patch(FancyArrowPatch((5.5, 3.25), (6.8, 3.25), arrowstyle="-|>", mutation_scale=14, color="#d62728", lw=2))
-    right.add_patch(FancyArrowPatch((6.8, 2.75), (5.5, 2.75), arrowstyle="-|>", mutation_scale=14, color="#d62728", lw=2))
+    right.add_patch(
+        FancyArrowPatch(
+            (5.5, 3.25), (6.8, 3.25), arrowstyle="-|>", mutation_scale=14, color="#d62728", lw=2
+        )
+    )
+    right.add_patch(
+        FancyArrowPatch(
+            (6.8, 2.75), (5.5, 2.75), arrowstyle="-|>", mutation_scale=14, color="#d62728", lw=2
+        )
+    )
     right.text(6.15, 4.3, "activations\n(forward)", ha="center", color="#d62728", fontsize=11)
     right.text(6.15, 1.3, "their gradients\n(backward)", ha="center", color="#d62728", fontsize=11)
     fig.tight_layout()
@@ -1271,14 +1690,29 @@ def fig_08_pipeline_bubble() -> plt.Figure:
         total = width * (micro + stages - 1)
         for stage in range(stages):
             for m in range(micro):
-                ax.barh(stage, width, left=(stage + m) * width, color=plt.cm.tab10(m), edgecolor="white")
-                ax.text((stage + m + 0.5) * width, stage, f"{m + 1}" if micro > 1 else "the batch", ha="center",
-                        va="center", color="white")
+                ax.barh(
+                    stage, width, left=(stage + m) * width, color=plt.cm.tab10(m), edgecolor="white"
+                )
+                ax.text(
+                    (stage + m + 0.5) * width,
+                    stage,
+                    f"{m + 1}" if micro > 1 else "the batch",
+                    ha="center",
+                    va="center",
+                    color="white",
+                )
         idle = 1 - work / total
-        ax.set(yticks=range(stages), yticklabels=[f"device {s + 1}" for s in range(stages)], xlim=(0, 2 * work + 0.2))
+        ax.set(
+            yticks=range(stages),
+            yticklabels=[f"device {s + 1}" for s in range(stages)],
+            xlim=(0, 2 * work + 0.2),
+        )
         ax.invert_yaxis()
-        ax.set_title(f"{micro} micro-batch{'es' if micro > 1 else ''}: done after {total:g} time units, each device "
-                     f"idle {idle:.0%} of them (the bubble)", fontsize=12)
+        ax.set_title(
+            f"{micro} micro-batch{'es' if micro > 1 else ''}: done after {total:g} time units, each device "
+            f"idle {idle:.0%} of them (the bubble)",
+            fontsize=12,
+        )
     axes[1].set_xlabel("time (forward pass; the backward pass adds a mirrored schedule)")
     fig.tight_layout()
     return fig
@@ -1294,35 +1728,66 @@ def fig_08_app() -> plt.Figure:
 
     from pdl import serve
 
-    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")  # as tools/build_slides.py
-    browser = os.environ.get("CHROME_PATH") or next((shutil.which(n) for n in names if shutil.which(n)), None)
+    names = (
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    )  # as tools/build_slides.py
+    browser = os.environ.get("CHROME_PATH") or next(
+        (shutil.which(n) for n in names if shutil.which(n)), None
+    )
     if browser is None:
-        raise RuntimeError("the app screenshot (figure 08_app) needs a Chromium-family browser: apt-get install "
-                           "chromium, or set CHROME_PATH")
+        raise RuntimeError(
+            "the app screenshot (figure 08_app) needs a Chromium-family browser: apt-get install "
+            "chromium, or set CHROME_PATH"
+        )
     work = Path(tempfile.mkdtemp(prefix="pdl-app-figure-"))
     started = time.perf_counter()
-    info = serve.train_and_export(work / "model", train_images=6000, channels=(16, 32), hidden=64, progress=False)
+    info = serve.train_and_export(
+        work / "model", train_images=6000, channels=(16, 32), hidden=64, progress=False
+    )
     seconds = time.perf_counter() - started
     classifier = serve.Classifier(work / "model")
-    answers = {name: classifier.predict((work / "model" / serve.EXAMPLES_DIR / name).read_bytes()) for name in info["examples"]}
+    answers = {
+        name: classifier.predict((work / "model" / serve.EXAMPLES_DIR / name).read_bytes())
+        for name in info["examples"]
+    }
     right = [n for n, a in answers.items() if a["label"] == info["classes"][int(n[:2])]]
     example = max(right or answers, key=lambda n: answers[n]["probability"])
     with serve.running_app(work / "model") as url:
-        command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                   "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                   f"--user-data-dir={work / 'profile'}", "--hide-scrollbars", "--window-size=1000,520",
-                   "--virtual-time-budget=10000", f"--screenshot={work / 'app.png'}", f"{url}/?example={example}"]
+        command = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={work / 'profile'}",
+            "--hide-scrollbars",
+            "--window-size=1000,520",
+            "--virtual-time-budget=10000",
+            f"--screenshot={work / 'app.png'}",
+            f"{url}/?example={example}",
+        ]
         try:
             subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
         except subprocess.TimeoutExpired as error:
             raise RuntimeError(f"{browser} did not take the screenshot within 60 s") from error
         except subprocess.CalledProcessError as error:
-            raise RuntimeError(f"{browser} failed to take the screenshot:\n{error.stderr[-2000:]}") from error
+            raise RuntimeError(
+                f"{browser} failed to take the screenshot:\n{error.stderr[-2000:]}"
+            ) from error
     fig, ax = plt.subplots(figsize=(10, 5.2))
     ax.imshow(plt.imread(work / "app.png"))
     ax.axis("off")
-    ax.set_title(f"python -m pdl serve, in Chromium; the model was trained for {seconds:.0f} s on 6,000 images "
-                 "when this figure was drawn", fontsize=11)
+    ax.set_title(
+        f"python -m pdl serve, in Chromium; the model was trained for {seconds:.0f} s on 6,000 images "
+        "when this figure was drawn",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
@@ -1332,7 +1797,9 @@ def fig_08_app() -> plt.Figure:
 # --------------------------------------------------------------------------------------
 
 
-def generate(out_dir: str | Path = DEFAULT_OUT, names: list[str] | None = None, *, verbose: bool = True) -> dict[str, Path]:
+def generate(
+    out_dir: str | Path = DEFAULT_OUT, names: list[str] | None = None, *, verbose: bool = True
+) -> dict[str, Path]:
     """Draw the figures ``names`` (default: all) into ``out_dir`` as PNG; return name -> path.
 
     Example:
@@ -1361,7 +1828,9 @@ def generate(out_dir: str | Path = DEFAULT_OUT, names: list[str] | None = None, 
                 plt.close(fig)
                 paths[name] = path
                 if verbose:
-                    print(f"  {name + '.png':28} {time.perf_counter() - start:5.1f} s  (CPU {time.process_time() - cpu_start:4.1f} s)")
+                    print(
+                        f"  {name + '.png':28} {time.perf_counter() - start:5.1f} s  (CPU {time.process_time() - cpu_start:4.1f} s)"
+                    )
     finally:
         torch.set_num_threads(threads)  # also after a failing figure (the tests run in one process)
     return paths
@@ -1370,7 +1839,12 @@ def generate(out_dir: str | Path = DEFAULT_OUT, names: list[str] | None = None, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="figures to draw (default: all)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT.relative_to(REPO)})")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"output folder (default: {DEFAULT_OUT.relative_to(REPO)})",
+    )
     parser.add_argument("--list", action="store_true", help="list the figure names and exit")
     args = parser.parse_args(argv)
     if args.list:

@@ -30,7 +30,20 @@ DEFAULT_BRANCH = "main"
 GITHUB = re.compile(r"https://github\.com/(?P<owner>[\w.-]+)/(?P<name>[\w.-]+?)(?:\.git)?/?")
 BRANCH = re.compile(r"[\w.][\w./-]*")  # what git allows, near enough; no spaces or quotes
 # Files that may name the repository: text, outside build products, data and installed packages.
-SUFFIXES = {".md", ".ipynb", ".py", ".toml", ".yaml", ".yml", ".txt", ".cfg", ".rst", ".html", ".css", ".js"}
+SUFFIXES = {
+    ".md",
+    ".ipynb",
+    ".py",
+    ".toml",
+    ".yaml",
+    ".yml",
+    ".txt",
+    ".cfg",
+    ".rst",
+    ".html",
+    ".css",
+    ".js",
+}
 SKIPPED = {"build", "data", "node_modules", "runs", "__pycache__"}
 
 
@@ -86,7 +99,9 @@ def parse(url: str, branch: str = DEFAULT_BRANCH) -> Repository:
     """
     match = GITHUB.fullmatch(url.strip())
     if not match:
-        raise ValueError(f"REPO must look like https://github.com/OWNER/NAME (Colab opens notebooks from GitHub only), not {url!r}")
+        raise ValueError(
+            f"REPO must look like https://github.com/OWNER/NAME (Colab opens notebooks from GitHub only), not {url!r}"
+        )
     if not BRANCH.fullmatch(branch) or ".." in branch:
         raise ValueError(f"{branch!r} is not a branch name git accepts")
     return Repository(f"https://github.com/{match['owner']}/{match['name']}", branch)
@@ -109,7 +124,9 @@ def current(root: Path = REPO) -> Repository:
     urls = _section(text, "project.urls")
     url = re.search(r'^Repository\s*=\s*"([^"]+)"', urls.group(0) if urls else "", re.M)
     if url is None:
-        raise ValueError(f"{root / 'pyproject.toml'} has no [project.urls] Repository = \"https://github.com/...\"")
+        raise ValueError(
+            f'{root / "pyproject.toml"} has no [project.urls] Repository = "https://github.com/..."'
+        )
     tool = _section(text, "tool.pdl")
     branch = re.search(r'^branch\s*=\s*"([^"]+)"', tool.group(0) if tool else "", re.M)
     return parse(url.group(1), branch.group(1) if branch else DEFAULT_BRANCH)
@@ -132,9 +149,15 @@ def rewriter(old: Repository, new: Repository) -> Callable[[str], str]:
     """
     url, slug, branch = (re.escape(s) for s in (old.url, old.slug, old.branch))
     forms = [
-        (rf"https://colab\.research\.google\.com/github/{slug}/blob/{branch}/", lambda m: new.colab_prefix),
+        (
+            rf"https://colab\.research\.google\.com/github/{slug}/blob/{branch}/",
+            lambda m: new.colab_prefix,
+        ),
         (rf"git\+{url}(?:@[\w./-]+)?(?![\w-])", lambda m: new.install_source),
-        (rf"{url}/(?P<kind>blob|tree)/{branch}(?![\w.-])", lambda m: f"{new.url}/{m['kind']}/{new.branch}"),
+        (
+            rf"{url}/(?P<kind>blob|tree)/{branch}(?![\w.-])",
+            lambda m: f"{new.url}/{m['kind']}/{new.branch}",
+        ),
         (rf"{url}(?![\w-])", lambda m: new.url),
     ]
     pattern = re.compile("|".join(f"(?P<form{i}>{form})" for i, (form, _) in enumerate(forms)))
@@ -171,10 +194,12 @@ def set_branch(pyproject: str, branch: str) -> str:
         return pyproject.rstrip("\n") + f'\n\n[tool.pdl]\nbranch = "{branch}"\n'
     body = section.group(0)
     if re.search(r'^branch\s*=\s*"[^"]*"', body, re.M):  # the value only: a comment after it stays
-        new_body = re.sub(r'^(branch\s*=\s*)"[^"]*"', rf'\g<1>"{branch}"', body, count=1, flags=re.M)
+        new_body = re.sub(
+            r'^(branch\s*=\s*)"[^"]*"', rf'\g<1>"{branch}"', body, count=1, flags=re.M
+        )
     else:
         new_body = f'[tool.pdl]\nbranch = "{branch}"\n' + body.removeprefix("[tool.pdl]\n")
-    return pyproject[: section.start()] + new_body + pyproject[section.end():]
+    return pyproject[: section.start()] + new_body + pyproject[section.end() :]
 
 
 def rehost(new: Repository, root: Path = REPO) -> list[Path]:
@@ -183,7 +208,9 @@ def rehost(new: Repository, root: Path = REPO) -> list[Path]:
     move = rewriter(old, new)
     changed = []
     for path in text_files(root):
-        if path.suffix == ".ipynb":  # through nbformat, so the notebook stays valid and keeps its ids
+        if (
+            path.suffix == ".ipynb"
+        ):  # through nbformat, so the notebook stays valid and keeps its ids
             nb = nbformat.read(path, as_version=4)
             before = nbformat.writes(nb)
             for cell in nb.cells:
@@ -203,9 +230,17 @@ def rehost(new: Repository, root: Path = REPO) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print or change the GitHub repository the course lives in.")
-    parser.add_argument("url", nargs="?", help="https://github.com/OWNER/NAME (omit it to print the current one)")
-    parser.add_argument("--branch", default=None, help=f"the branch (default: keep the current one, else {DEFAULT_BRANCH})")
+    parser = argparse.ArgumentParser(
+        description="Print or change the GitHub repository the course lives in."
+    )
+    parser.add_argument(
+        "url", nargs="?", help="https://github.com/OWNER/NAME (omit it to print the current one)"
+    )
+    parser.add_argument(
+        "--branch",
+        default=None,
+        help=f"the branch (default: keep the current one, else {DEFAULT_BRANCH})",
+    )
     parser.add_argument("--root", type=Path, default=REPO, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     old = current(args.root)

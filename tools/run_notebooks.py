@@ -106,10 +106,17 @@ def execute_notebook(path: Path, mode: str = "fast", out_dir: Path | None = None
                 client.execute_cell(cell, index)
             run.seconds = time.perf_counter() - started
             run.results = _evaluate(client, len(nb.cells), config, mode, run)
-    except (CellExecutionError, RuntimeError, TimeoutError) as error:  # a cell failed, the kernel died
+    except (
+        CellExecutionError,
+        RuntimeError,
+        TimeoutError,
+    ) as error:  # a cell failed, the kernel died
         run.seconds = time.perf_counter() - started
         run.error = _short(f"{type(error).__name__}: {error}")
-    nb.metadata.setdefault("pdl", {})["execution"] = {"mode": mode, "seconds": round(run.seconds, 1)}
+    nb.metadata.setdefault("pdl", {})["execution"] = {
+        "mode": mode,
+        "seconds": round(run.seconds, 1),
+    }
     nbformat.write(nb, out_dir / path.name)
     return run
 
@@ -121,7 +128,11 @@ def inject_parameters(nb: nbformat.NotebookNode, parameters: dict) -> None:
     (tagged ``injected-parameters``) follows them and wins.
     """
     index = next(
-        (i for i, cell in enumerate(nb.cells) if "parameters" in cell.get("metadata", {}).get("tags", [])),
+        (
+            i
+            for i, cell in enumerate(nb.cells)
+            if "parameters" in cell.get("metadata", {}).get("tags", [])
+        ),
         None,
     )
     if index is None:
@@ -161,10 +172,14 @@ print("PDL-RESULTS " + _json.dumps(_out))
 """
 
 
-def _evaluate(client: NotebookClient, index: int, config: dict, mode: str, run: NotebookRun) -> dict:
+def _evaluate(
+    client: NotebookClient, index: int, config: dict, mode: str, run: NotebookRun
+) -> dict:
     """Evaluate the notebook's results and checks in its (still running) kernel."""
     checks = list(config.get("checks", [])) + list(config.get(f"{mode}_checks", []))
-    probe = nbformat.v4.new_code_cell(_PROBE % {"results": list(config.get("results", [])), "checks": checks})
+    probe = nbformat.v4.new_code_cell(
+        _PROBE % {"results": list(config.get("results", [])), "checks": checks}
+    )
     client.nb.cells.append(probe)  # nbclient stores outputs into the notebook's cell list
     try:
         client.execute_cell(probe, index, store_history=False)
@@ -186,10 +201,16 @@ def _short(message: str, limit: int = 4000) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Execute the course notebooks and check their results.")
-    parser.add_argument("names", nargs="*", help="notebook names or prefixes, e.g. 03 or 03_nn_module")
+    parser = argparse.ArgumentParser(
+        description="Execute the course notebooks and check their results."
+    )
+    parser.add_argument(
+        "names", nargs="*", help="notebook names or prefixes, e.g. 03 or 03_nn_module"
+    )
     parser.add_argument("--mode", choices=["fast", "full"], default="full")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default build/notebooks/<mode>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default build/notebooks/<mode>)"
+    )
     args = parser.parse_args(argv)
     out_dir = args.out or BUILD / args.mode
     paths = notebook_paths(args.names)

@@ -34,9 +34,15 @@ def write_release(path: Path, out_dir: Path = OUT) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write the student release of the notebooks (solutions removed).")
-    parser.add_argument("names", nargs="*", help="notebook names or prefixes, e.g. 01 or 01_tensors")
-    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT.relative_to(REPO)})")
+    parser = argparse.ArgumentParser(
+        description="Write the student release of the notebooks (solutions removed)."
+    )
+    parser.add_argument(
+        "names", nargs="*", help="notebook names or prefixes, e.g. 01 or 01_tensors"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help=f"output folder (default {OUT.relative_to(REPO)})"
+    )
     args = parser.parse_args(argv)
     paths = notebook_paths(args.names)
     if not paths:

@@ -67,7 +67,16 @@ __all__ = [
 ] + [
     name
     for module in (
-        numpy_by_hand, tensors, autograd, modules, training_tricks, cnn, datasets, dropout, batchnorm, transfer,
+        numpy_by_hand,
+        tensors,
+        autograd,
+        modules,
+        training_tricks,
+        cnn,
+        datasets,
+        dropout,
+        batchnorm,
+        transfer,
         deployment,
     )
     for name in module.__all__

@@ -26,7 +26,9 @@ __all__ = ["check_sigmoid_function", "check_training_loop", "check_two_layer_bac
 _GRAD_TOL = {"atol": 1e-4, "rtol": 1e-4}  # float32 gradients by different but correct formulas
 
 
-def _changed_inputs(names: Sequence[str], before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> str | None:
+def _changed_inputs(
+    names: Sequence[str], before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]
+) -> str | None:
     """Name the first input a student's function modified in place, or None."""
     for name, old, new in zip(names, before, after, strict=True):
         if not torch.equal(old, new.detach()):
@@ -72,7 +74,9 @@ def _two_layer_without_relu_mask(t: dict[str, torch.Tensor]) -> list[torch.Tenso
 _GRAD_NAMES = ("grad_w1", "grad_b1", "grad_w2", "grad_b2")
 
 
-def _diagnose_gradient(name: str, got: Any, expected: torch.Tensor, no_mask: torch.Tensor | None) -> str:
+def _diagnose_gradient(
+    name: str, got: Any, expected: torch.Tensor, no_mask: torch.Tensor | None
+) -> str:
     """Explain how one gradient differs from the reference."""
     if isinstance(got, torch.Tensor) and got.shape != expected.shape:
         if got.ndim == 2 and got.shape == expected.shape[::-1]:
@@ -171,7 +175,9 @@ def check_sigmoid_function(function_class: Any) -> bool:
         True
     """
     title = "custom sigmoid Function"
-    if not (isinstance(function_class, type) and issubclass(function_class, torch.autograd.Function)):
+    if not (
+        isinstance(function_class, type) and issubclass(function_class, torch.autograd.Function)
+    ):
         return report(
             title,
             f"expected a class derived from torch.autograd.Function, got {function_class!r}; "
@@ -188,7 +194,10 @@ def check_sigmoid_function(function_class: Any) -> bool:
     if problem:
         return report(title, problem)
     if out.grad_fn is None:
-        return report(title, "the output is not connected to the graph; return the result of forward, do not detach it")
+        return report(
+            title,
+            "the output is not connected to the graph; return the result of forward, do not detach it",
+        )
 
     grad_output = torch.randn(5, 4, generator=g, dtype=torch.float64)
     untouched = grad_output.clone()
@@ -261,8 +270,12 @@ def _reference_loop(w1, w2, x, y, learning_rate, steps, zeroed=("w1", "w2")) -> 
 
 
 def _fresh_copy(inputs: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    copy = {k: (v.detach().clone().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
-            for k, v in inputs.items()}
+    copy = {
+        k: (
+            v.detach().clone().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v
+        )
+        for k, v in inputs.items()
+    }
     return copy | changes
 
 
@@ -315,7 +328,11 @@ def _diagnose_loop_error(error: str, train_fn: Callable, inputs: dict[str, Any])
     before = _fresh_copy(one_step)
     _, error_in_one_step = call_safely(train_fn, *one_step.values())
     if error_in_one_step is None:
-        unchanged = [name for name in ("w1", "w2") if torch.equal(one_step[name].detach(), before[name].detach())]
+        unchanged = [
+            name
+            for name in ("w1", "w2")
+            if torch.equal(one_step[name].detach(), before[name].detach())
+        ]
         if unchanged:
             return f"{_rebinding_hint(unchanged)} (your code then raised: {error.removeprefix('your code raised ')})"
     return error
@@ -356,7 +373,9 @@ def check_training_loop(train_fn: Callable) -> bool:
     if error:
         return report(title, _diagnose_loop_error(error, train_fn, start))
     w1, w2 = inputs["w1"], inputs["w2"]
-    unchanged = [name for name in ("w1", "w2") if torch.equal(inputs[name].detach(), start[name].detach())]
+    unchanged = [
+        name for name in ("w1", "w2") if torch.equal(inputs[name].detach(), start[name].detach())
+    ]
     if unchanged == ["w1", "w2"]:
         return report(
             title,
@@ -369,19 +388,30 @@ def check_training_loop(train_fn: Callable) -> bool:
     for changes, message in _LOOP_MISTAKES.values():
         wrong = _fresh_copy(start, **changes)
         _reference_loop(**wrong)
-        if close(w1, wrong["w1"], atol=1e-9, rtol=1e-9) and close(w2, wrong["w2"], atol=1e-9, rtol=1e-9):
+        if close(w1, wrong["w1"], atol=1e-9, rtol=1e-9) and close(
+            w2, wrong["w2"], atol=1e-9, rtol=1e-9
+        ):
             return report(title, message)
     for name in ("w1", "w2"):
-        problem = compare_tensors(inputs[name].detach(), expected[name].detach(), name=f"{name} after training",
-                                  atol=1e-9, rtol=1e-9)
+        problem = compare_tensors(
+            inputs[name].detach(),
+            expected[name].detach(),
+            name=f"{name} after training",
+            atol=1e-9,
+            rtol=1e-9,
+        )
         if problem:
             return report(title, problem)
     if not isinstance(losses, (list, tuple)) or len(losses) != inputs["steps"]:
-        return report(title, f"return the list of losses, one per step ({inputs['steps']}); got {losses!r:.80}")
+        return report(
+            title,
+            f"return the list of losses, one per step ({inputs['steps']}); got {losses!r:.80}",
+        )
     try:
         got = torch.tensor([float(v) for v in losses], dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
         return report(title, "the losses should be numbers: append loss.item() at every step")
-    problem = compare_tensors(got, torch.tensor(expected_losses, dtype=torch.float64), name="losses",
-                              atol=1e-9, rtol=1e-9)
+    problem = compare_tensors(
+        got, torch.tensor(expected_losses, dtype=torch.float64), name="losses", atol=1e-9, rtol=1e-9
+    )
     return report(title, problem and f"{problem} (record loss.item() before the update)")

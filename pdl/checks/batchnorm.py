@@ -46,10 +46,14 @@ def _channels_input(shape: tuple[int, ...], generator: torch.Generator) -> torch
     scale = torch.rand(channels, generator=generator) * 3 + 0.5
     shift = torch.randn(channels, generator=generator) * 2
     scale[-1], shift[-1] = 0.003, 0.0
-    return torch.randn(shape, generator=generator) * scale.reshape(broadcast) + shift.reshape(broadcast)
+    return torch.randn(shape, generator=generator) * scale.reshape(broadcast) + shift.reshape(
+        broadcast
+    )
 
 
-def _closest_mistake(got: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> str | None:
+def _closest_mistake(
+    got: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float
+) -> str | None:
     """Recognise the classic batch-norm mistakes by recomputing them."""
     mean, var = batch_norm_statistics(x)
     n = x.numel() // x.shape[1]
@@ -59,31 +63,41 @@ def _closest_mistake(got: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, be
 
     candidates = {
         "you divided by the unbiased variance (torch.var's default divides by n - 1); "
-        "normalization uses the biased one: x.var(..., correction=0) or ((x - mean) ** 2).mean(...)":
-            batch_norm(x, gamma, beta, eps, mean, var * n / (n - 1)),
-        "eps is missing: divide by sqrt(var + eps), so a (nearly) constant channel stays finite":
-            batch_norm(x, gamma, beta, 0.0, mean, var),
-        "eps belongs inside the square root: (x - mean) / sqrt(var + eps)":
-            c(gamma) * (x - c(mean)) / (c(var).sqrt() + eps) + c(beta),
-        "gamma and beta are not applied: return gamma * x_hat + beta":
-            batch_norm(x, None, None, eps, mean, var),
+        "normalization uses the biased one: x.var(..., correction=0) or ((x - mean) ** 2).mean(...)": batch_norm(
+            x, gamma, beta, eps, mean, var * n / (n - 1)
+        ),
+        "eps is missing: divide by sqrt(var + eps), so a (nearly) constant channel stays finite": batch_norm(
+            x, gamma, beta, 0.0, mean, var
+        ),
+        "eps belongs inside the square root: (x - mean) / sqrt(var + eps)": c(gamma)
+        * (x - c(mean))
+        / (c(var).sqrt() + eps)
+        + c(beta),
+        "gamma and beta are not applied: return gamma * x_hat + beta": batch_norm(
+            x, None, None, eps, mean, var
+        ),
         "you normalized each sample over its features (that is layer norm); batch norm takes one "
-        "mean per feature/channel over the batch (dim 0, and dims 2, 3 for images)":
-            _normalize_over(x, list(range(1, x.ndim)), gamma, beta, eps),
+        "mean per feature/channel over the batch (dim 0, and dims 2, 3 for images)": _normalize_over(
+            x, list(range(1, x.ndim)), gamma, beta, eps
+        ),
     }
     if x.ndim == 4:
         candidates[
             "for (N, C, H, W) inputs each channel has ONE mean over the batch and all pixels: "
             "reduce over dims (0, 2, 3), not just 0"
         ] = _normalize_over(x, [0], gamma, beta, eps)
-        candidates["reduce over dims (0, 2, 3): one statistic per channel"] = _normalize_over(x, [0, 1], gamma, beta, eps)
+        candidates["reduce over dims (0, 2, 3): one statistic per channel"] = _normalize_over(
+            x, [0, 1], gamma, beta, eps
+        )
     for hint, wrong in candidates.items():
         if close(got, wrong, **TOL):
             return hint
     return None
 
 
-def _normalize_over(x: torch.Tensor, dims: list[int], gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+def _normalize_over(
+    x: torch.Tensor, dims: list[int], gamma: torch.Tensor, beta: torch.Tensor, eps: float
+) -> torch.Tensor:
     mean = x.mean(dim=dims, keepdim=True)
     var = x.var(dim=dims, keepdim=True, correction=0)
     return _per_channel(gamma, x) * (x - mean) / torch.sqrt(var + eps) + _per_channel(beta, x)
@@ -112,7 +126,9 @@ def check_batchnorm_forward(fn: Callable, *, seed: int = 0) -> bool:
     return report(title, None)
 
 
-def _check_forward_on(fn: Callable, shape: tuple[int, ...], generator: torch.Generator) -> str | None:
+def _check_forward_on(
+    fn: Callable, shape: tuple[int, ...], generator: torch.Generator
+) -> str | None:
     eps = 1e-5
     channels = shape[1]
     x = _channels_input(shape, generator)
@@ -142,7 +158,9 @@ def _check_forward_on(fn: Callable, shape: tuple[int, ...], generator: torch.Gen
     for name, mine, reference in zip(("x", "gamma", "beta"), inputs, exact_inputs, strict=True):
         if mine.grad is None:
             return f"no gradient reaches {name}: the output must be computed from it with torch operations"
-        problem = compare_tensors(mine.grad, reference.grad.float(), name=f"the gradient with respect to {name}", **TOL)
+        problem = compare_tensors(
+            mine.grad, reference.grad.float(), name=f"the gradient with respect to {name}", **TOL
+        )
         if problem is not None:
             if name == "x":
                 problem += (
@@ -203,16 +221,24 @@ def _structure_problem(layer: nn.Module, channels: int) -> str | None:
     for name in ("running_mean", "running_var"):
         value = getattr(layer, name, None)
         if not isinstance(value, torch.Tensor):
-            return f"the layer needs a {name} tensor of shape ({channels},) (register it as a buffer)"
+            return (
+                f"the layer needs a {name} tensor of shape ({channels},) (register it as a buffer)"
+            )
         if isinstance(value, nn.Parameter):
-            return (f"{name} is an nn.Parameter, so the optimizer would train it; it is a statistic, "
-                    f"not a weight: self.register_buffer('{name}', ...)")
+            return (
+                f"{name} is an nn.Parameter, so the optimizer would train it; it is a statistic, "
+                f"not a weight: self.register_buffer('{name}', ...)"
+            )
         if name not in buffers:
-            return (f"{name} is a plain tensor attribute, not a buffer: .to(device) would leave it "
-                    f"behind and state_dict() would not save it. Use self.register_buffer('{name}', ...)")
+            return (
+                f"{name} is a plain tensor attribute, not a buffer: .to(device) would leave it "
+                f"behind and state_dict() would not save it. Use self.register_buffer('{name}', ...)"
+            )
         if name not in saved:
-            return (f"{name} is a buffer that state_dict() does not save (persistent=False): a checkpoint "
-                    "would lose the statistics the layer needs in eval mode")
+            return (
+                f"{name} is a buffer that state_dict() does not save (persistent=False): a checkpoint "
+                "would lose the statistics the layer needs in eval mode"
+            )
         if value.shape != (channels,):
             return f"{name} has shape {tuple(value.shape)}, expected ({channels},): one value per channel"
     return None
@@ -220,10 +246,16 @@ def _structure_problem(layer: nn.Module, channels: int) -> str | None:
 
 def _check_module_on(cls: type, shape: tuple[int, ...], generator: torch.Generator) -> str | None:
     channels = shape[1]
-    with torch.random.fork_rng():  # a layer may initialise randomly: leave the notebook's generator alone
+    with (
+        torch.random.fork_rng()
+    ):  # a layer may initialise randomly: leave the notebook's generator alone
         layer, error = call_safely(cls, channels)
     if error:
-        return error if error == NOT_ATTEMPTED else f"creating {getattr(cls, '__name__', cls)}({channels}) failed: {error}"
+        return (
+            error
+            if error == NOT_ATTEMPTED
+            else f"creating {getattr(cls, '__name__', cls)}({channels}) failed: {error}"
+        )
     if not isinstance(layer, nn.Module):
         return f"{getattr(cls, '__name__', cls)}({channels}) should be an nn.Module, got {type(layer).__name__}"
     problem = _structure_problem(layer, channels)
@@ -243,7 +275,9 @@ def _check_module_on(cls: type, shape: tuple[int, ...], generator: torch.Generat
     for batch in range(1, 4):
         x = _channels_input(shape, generator)
         previous = _running_statistics(layer)
-        step_problem = _compare_step(layer, reference, x, upstream, (gamma, beta), f"training batch {batch}")
+        step_problem = _compare_step(
+            layer, reference, x, upstream, (gamma, beta), f"training batch {batch}"
+        )
         if step_problem:
             return step_problem
         problem = _compare_running(layer, reference, previous, x, batch)
@@ -288,7 +322,9 @@ def _compare_step(layer, reference, x, upstream, params, when: str) -> str | Non
     problem = compare_tensors(got, expected.detach().float(), name=f"{when}: the output", **TOL)
     if problem:
         if layer.training and isinstance(got, torch.Tensor):
-            hint = _closest_mistake(got.detach(), x, params[0].detach(), params[1].detach(), reference.eps)
+            hint = _closest_mistake(
+                got.detach(), x, params[0].detach(), params[1].detach(), reference.eps
+            )
             if hint:
                 return f"{when}: {hint}"
         return problem
@@ -296,15 +332,19 @@ def _compare_step(layer, reference, x, upstream, params, when: str) -> str | Non
         return f"{when}: the output is not connected to autograd (.detach(), NumPy or no_grad inside forward?)"
     _, error = call_safely(lambda: (got * upstream).sum().backward())
     if error:
-        return (f"{when}: backward failed ({error}); are the running statistics part of the graph? "
-                "Update them from detached values (under torch.no_grad())")
+        return (
+            f"{when}: backward failed ({error}); are the running statistics part of the graph? "
+            "Update them from detached values (under torch.no_grad())"
+        )
     (expected * upstream.double()).sum().backward()
     pairs = [("x", mine_x.grad, ref_x.grad), ("gamma", params[0].grad, reference.weight.grad),
              ("beta", params[1].grad, reference.bias.grad)]  # fmt: skip
     for name, mine, ref in pairs:
         if mine is None:
             return f"{when}: no gradient reaches {name}"
-        problem = compare_tensors(mine, ref.float(), name=f"{when}: the gradient with respect to {name}", **TOL)
+        problem = compare_tensors(
+            mine, ref.float(), name=f"{when}: the gradient with respect to {name}", **TOL
+        )
         if problem:
             return problem
     return None
@@ -315,11 +355,15 @@ def _compare_running(layer, reference, previous, x, batch: int) -> str | None:
     for name in ("running_mean", "running_var"):
         value = getattr(layer, name)
         if value.requires_grad:
-            return (f"{when}: {name} is part of the autograd graph (it requires grad), so every batch's "
-                    "graph stays in memory; update it under torch.no_grad() or from detached values")
+            return (
+                f"{when}: {name} is part of the autograd graph (it requires grad), so every batch's "
+                "graph stays in memory; update it under torch.no_grad() or from detached values"
+            )
         if name not in dict(layer.named_buffers()):
-            return (f"{when}: {name} is no longer a buffer (forward replaced it with a plain attribute); "
-                    f"update it in place (self.{name}.mul_(...).add_(...)) or assign a tensor to the registered name")
+            return (
+                f"{when}: {name} is no longer a buffer (forward replaced it with a plain attribute); "
+                f"update it in place (self.{name}.mul_(...).add_(...)) or assign a tensor to the registered name"
+            )
     running_mean, running_var = _running_statistics(layer)
     if torch.equal(running_mean, previous[0]) and torch.equal(running_var, previous[1]):
         return f"{when}: running_mean and running_var did not change; update them in training mode"
@@ -333,13 +377,17 @@ def _compare_running(layer, reference, previous, x, batch: int) -> str | None:
     momentum = reference.momentum
     if mean_problem:
         if close(running_mean, momentum * previous[0] + (1 - momentum) * mean, **TOL):
-            return (f"{when}: running_mean weights the batch with 1 - momentum; PyTorch's rule is "
-                    f"running = (1 - momentum) * running + momentum * batch_mean, with momentum = {momentum}")
+            return (
+                f"{when}: running_mean weights the batch with 1 - momentum; PyTorch's rule is "
+                f"running = (1 - momentum) * running + momentum * batch_mean, with momentum = {momentum}"
+            )
         return mean_problem
     if close(running_var, (1 - momentum) * previous[1] + momentum * var, **TOL):
         n = x.numel() // x.shape[1]
-        return (f"{when}: running_var should track the *unbiased* batch variance, "
-                f"var * n / (n - 1) with n = {n} values per channel (PyTorch does so)")
+        return (
+            f"{when}: running_var should track the *unbiased* batch variance, "
+            f"var * n / (n - 1) with n = {n} values per channel (PyTorch does so)"
+        )
     return var_problem
 
 
@@ -372,7 +420,9 @@ def check_fold_batchnorm(fn: Callable, *, seed: int = 0) -> bool:
     return report(title, None)
 
 
-def _fold_mistakes(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _fold_mistakes(
+    conv: nn.Conv2d, bn: nn.BatchNorm2d
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The folded (weight, bias) that each classic mistake produces."""
     gamma, beta, mean, var, eps = bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
     b = conv.bias if conv.bias is not None else torch.zeros_like(mean)
@@ -380,20 +430,31 @@ def _fold_mistakes(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> dict[str, tuple[torch
     scales = {
         "eps is missing: scale = gamma / sqrt(running_var + bn.eps); a channel with a tiny running "
         "variance blows up without it": gamma / torch.sqrt(var),
-        f"use bn.eps (this batch norm was built with eps={eps:g}), not PyTorch's default 1e-5":
-            gamma / torch.sqrt(var + 1e-5),
-        "eps belongs inside the square root: gamma / sqrt(running_var + eps)": gamma / (torch.sqrt(var) + eps),
-        "divide by the standard deviation sqrt(running_var + eps), not by the variance": gamma / (var + eps),
-        "gamma (bn.weight) is missing from the scale: scale = gamma / sqrt(running_var + eps)": 1 / torch.sqrt(var + eps),
+        f"use bn.eps (this batch norm was built with eps={eps:g}), not PyTorch's default 1e-5": gamma
+        / torch.sqrt(var + 1e-5),
+        "eps belongs inside the square root: gamma / sqrt(running_var + eps)": gamma
+        / (torch.sqrt(var) + eps),
+        "divide by the standard deviation sqrt(running_var + eps), not by the variance": gamma
+        / (var + eps),
+        "gamma (bn.weight) is missing from the scale: scale = gamma / sqrt(running_var + eps)": 1
+        / torch.sqrt(var + eps),
     }
-    mistakes = {hint: (conv.weight * s.reshape(-1, 1, 1, 1), (b - mean) * s + beta) for hint, s in scales.items()}
+    mistakes = {
+        hint: (conv.weight * s.reshape(-1, 1, 1, 1), (b - mean) * s + beta)
+        for hint, s in scales.items()
+    }
     weight = conv.weight * right.reshape(-1, 1, 1, 1)
-    mistakes["beta (bn.bias) is missing from the folded bias: b' = (b - running_mean) * scale + beta"] = (
-        weight, (b - mean) * right)
-    mistakes["subtract the running mean: b' = (b - running_mean) * scale + beta"] = (weight, (b + mean) * right + beta)
+    mistakes[
+        "beta (bn.bias) is missing from the folded bias: b' = (b - running_mean) * scale + beta"
+    ] = (weight, (b - mean) * right)
+    mistakes["subtract the running mean: b' = (b - running_mean) * scale + beta"] = (
+        weight,
+        (b + mean) * right + beta,
+    )
     if conv.bias is not None:
-        mistakes["the conv's own bias must be scaled too: b' = (b - running_mean) * scale + beta"] = (
-            weight, b - mean * right + beta)
+        mistakes[
+            "the conv's own bias must be scaled too: b' = (b - running_mean) * scale + beta"
+        ] = (weight, b - mean * right + beta)
     return mistakes
 
 
@@ -415,8 +476,12 @@ def _fold_hint(folded: nn.Conv2d, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> str | 
     return None
 
 
-def _check_fold_once(fn: Callable, bias: bool, stride: int, generator: torch.Generator) -> str | None:
-    with torch.random.fork_rng():  # its random initial weights are overwritten: leave the notebook's generator alone
+def _check_fold_once(
+    fn: Callable, bias: bool, stride: int, generator: torch.Generator
+) -> str | None:
+    with (
+        torch.random.fork_rng()
+    ):  # its random initial weights are overwritten: leave the notebook's generator alone
         conv = nn.Conv2d(3, 6, 3, padding=1, stride=stride, bias=bias)
     bn = nn.BatchNorm2d(6, eps=1e-3)
     with torch.no_grad():
@@ -441,11 +506,15 @@ def _check_fold_once(fn: Callable, bias: bool, stride: int, generator: torch.Gen
         return error
     if not isinstance(folded, nn.Conv2d):
         return f"return an nn.Conv2d, got {type(folded).__name__}"
-    now = {f"conv {k}": v for k, v in conv.state_dict().items()} | {f"batch norm {k}": v for k, v in bn.state_dict().items()}
+    now = {f"conv {k}": v for k, v in conv.state_dict().items()} | {
+        f"batch norm {k}": v for k, v in bn.state_dict().items()
+    }
     changed = [k for k, v in now.items() if not torch.equal(v, original[k])]
     if changed:
-        return (f"the original {', '.join(changed)} changed: build a new layer "
-                "(copy.deepcopy(conv) or nn.Conv2d(...)) instead of editing the ones in the model")
+        return (
+            f"the original {', '.join(changed)} changed: build a new layer "
+            "(copy.deepcopy(conv) or nn.Conv2d(...)) instead of editing the ones in the model"
+        )
     with torch.no_grad():
         got, error = call_safely(folded, x)
     if error:
@@ -454,14 +523,24 @@ def _check_fold_once(fn: Callable, bias: bool, stride: int, generator: torch.Gen
     if problem is None:
         return None
     if isinstance(got, torch.Tensor) and got.shape != exact.shape:
-        return problem + " (the folded conv needs the original's kernel size, stride and padding: copy.deepcopy(conv))"
+        return (
+            problem
+            + " (the folded conv needs the original's kernel size, stride and padding: copy.deepcopy(conv))"
+        )
     if not bias and folded.bias is None:
         return "the folded conv needs a bias (beta - scale * running_mean) even when the original had none"
     hint = _fold_hint(folded, conv, bn)
     if hint:
         return hint
-    weight_problem = compare_tensors(folded.weight.detach(), fold_batchnorm(conv, bn).weight.detach(),
-                                     name="the folded weight", **TOL)
+    weight_problem = compare_tensors(
+        folded.weight.detach(),
+        fold_batchnorm(conv, bn).weight.detach(),
+        name="the folded weight",
+        **TOL,
+    )
     if weight_problem:
-        return weight_problem + " (W' = W * gamma / sqrt(running_var + eps), one factor per output channel)"
+        return (
+            weight_problem
+            + " (W' = W * gamma / sqrt(running_var + eps), one factor per output channel)"
+        )
     return problem + " (b' = (b - running_mean) * gamma / sqrt(running_var + eps) + beta)"

@@ -224,7 +224,9 @@ def compare_tensors(
     if bool(close.all()):
         return None
     index = tuple(int(i) for i in (~close).nonzero()[0])
-    difference = (got_cmp.double() - expected.double()).abs().nan_to_num(nan=float("inf")).max().item()
+    difference = (
+        (got_cmp.double() - expected.double()).abs().nan_to_num(nan=float("inf")).max().item()
+    )
     return (
         f"{name} is wrong at index {index}: got {got_cmp[index].item():.6g}, "
         f"expected {expected[index].item():.6g} (max abs difference {difference:.3g})"
@@ -271,7 +273,11 @@ def close(got: Any, expected: torch.Tensor, *, atol: float = 1e-6, rtol: float =
     return (
         isinstance(got, torch.Tensor)
         and got.shape == expected.shape
-        and bool(torch.allclose(got.detach().cpu().double(), expected.detach().cpu().double(), atol=atol, rtol=rtol))
+        and bool(
+            torch.allclose(
+                got.detach().cpu().double(), expected.detach().cpu().double(), atol=atol, rtol=rtol
+            )
+        )
     )
 
 

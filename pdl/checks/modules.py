@@ -53,14 +53,19 @@ def check_product_block(block_class: Any) -> bool:
     """
     title = "ProductBlock"
     d_in, d_out, n = 7, 4, 5
-    with torch.random.fork_rng():  # nn.Linear draws its initial weights from the notebook's generator
+    with (
+        torch.random.fork_rng()
+    ):  # nn.Linear draws its initial weights from the notebook's generator
         block, error = call_safely(block_class, d_in, d_out)
     if error:
         if "before Module.__init__() call" in error:
             error += " (call super().__init__() first thing in your __init__)"
         return report(title, f"ProductBlock({d_in}, {d_out}): {error}")
     if not isinstance(block, nn.Module):
-        return report(title, f"ProductBlock({d_in}, {d_out}) should be an nn.Module, got {type(block).__name__}")
+        return report(
+            title,
+            f"ProductBlock({d_in}, {d_out}) should be an nn.Module, got {type(block).__name__}",
+        )
 
     expected_count = 2 * (d_in * d_out + d_out)
     count = sum(p.numel() for p in block.parameters())
@@ -79,7 +84,9 @@ def check_product_block(block_class: Any) -> bool:
     linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
     if len(linears) != 2 or any((m.in_features, m.out_features) != (d_in, d_out) for m in linears):
         found = ", ".join(f"Linear({m.in_features}, {m.out_features})" for m in linears) or "none"
-        return report(title, f"expected two nn.Linear({d_in}, {d_out}) inside the block, found {found}")
+        return report(
+            title, f"expected two nn.Linear({d_in}, {d_out}) inside the block, found {found}"
+        )
 
     x = torch.randn(n, d_in, generator=torch.Generator().manual_seed(6))
     out, error = call_safely(block, x)
@@ -88,7 +95,9 @@ def check_product_block(block_class: Any) -> bool:
     with torch.no_grad():
         a, b = linears[0](x), linears[1](x)
     if close(out, a + b, atol=1e-5, rtol=1e-5):
-        return report(title, "the outputs of the two layers were added; multiply them element-wise (a * b)")
+        return report(
+            title, "the outputs of the two layers were added; multiply them element-wise (a * b)"
+        )
     problem = compare_tensors(out, a * b, name="output", atol=1e-5, rtol=1e-4)
     return report(title, problem)
 
@@ -119,7 +128,11 @@ def check_cross_entropy(cross_entropy_fn: Callable) -> bool:
     g = torch.Generator().manual_seed(7)
     cases = [
         ("ordinary logits", torch.randn(6, 5, generator=g), torch.randint(0, 5, (6,), generator=g)),
-        ("large logits (scores around +-500)", 300 * torch.randn(6, 5, generator=g), torch.randint(0, 5, (6,), generator=g)),
+        (
+            "large logits (scores around +-500)",
+            300 * torch.randn(6, 5, generator=g),
+            torch.randint(0, 5, (6,), generator=g),
+        ),
     ]
     for case, logits, targets in cases:
         logits_before = logits.clone()
@@ -127,13 +140,22 @@ def check_cross_entropy(cross_entropy_fn: Callable) -> bool:
         if error:
             return report(title, f"{case}: {error}")
         if not torch.equal(logits, logits_before):
-            return report(title, "your function changed its input logits in place (e.g. logits -= ...): the "
-                                 "caller's scores change too; compute new tensors, logits - logits.logsumexp(...)")
+            return report(
+                title,
+                "your function changed its input logits in place (e.g. logits -= ...): the "
+                "caller's scores change too; compute new tensors, logits - logits.logsumexp(...)",
+            )
         expected = F.cross_entropy(logits, targets)
         if not isinstance(got, torch.Tensor):
-            return report(title, f"return a 0-d tensor (so that it can be backpropagated), got {type(got).__name__}")
+            return report(
+                title,
+                f"return a 0-d tensor (so that it can be backpropagated), got {type(got).__name__}",
+            )
         if got.shape == targets.shape:
-            return report(title, f"got one loss per sample, shape {tuple(got.shape)}; average them over the batch (.mean())")
+            return report(
+                title,
+                f"got one loss per sample, shape {tuple(got.shape)}; average them over the batch (.mean())",
+            )
         if got.numel() == 1 and not torch.isfinite(got).all():
             return report(
                 title,
@@ -144,20 +166,38 @@ def check_cross_entropy(cross_entropy_fn: Callable) -> bool:
             value, want = got.item(), expected.item()
             log_probs = F.log_softmax(logits, dim=1)[torch.arange(len(targets)), targets]
             if _near(value, -want):
-                return report(title, "the sign is flipped: the loss is the NEGATIVE log-likelihood, -log p(target)")
+                return report(
+                    title,
+                    "the sign is flipped: the loss is the NEGATIVE log-likelihood, -log p(target)",
+                )
             if _near(value, want * len(targets)):
-                return report(title, f"got the sum over the batch ({value:.4g}); take the mean ({want:.4g})")
+                return report(
+                    title, f"got the sum over the batch ({value:.4g}); take the mean ({want:.4g})"
+                )
             if _near(value, -log_probs.exp().mean().item()):
-                return report(title, "you averaged -p(target); the loss takes the log: -log p(target)")
+                return report(
+                    title, "you averaged -p(target); the loss takes the log: -log p(target)"
+                )
             if _near(value, -F.log_softmax(logits, dim=1)[:, targets].mean().item()):
-                return report(title, "log_probs[:, targets] picks, for every sample, the scores of all N targets "
-                                     "(an (N, N) table); pick one entry per sample: "
-                                     "log_probs[torch.arange(len(targets)), targets]")
+                return report(
+                    title,
+                    "log_probs[:, targets] picks, for every sample, the scores of all N targets "
+                    "(an (N, N) table); pick one entry per sample: "
+                    "log_probs[torch.arange(len(targets)), targets]",
+                )
             if _near(value, F.cross_entropy(logits.softmax(dim=1), targets).item()):
-                return report(title, "softmax was applied twice: take the log-softmax of the logits themselves, "
-                                     "not of probabilities")
-        problem = compare_tensors(got.reshape(()) if got.numel() == 1 else got, expected, name=f"loss ({case})",
-                                  atol=1e-4, rtol=1e-4)
+                return report(
+                    title,
+                    "softmax was applied twice: take the log-softmax of the logits themselves, "
+                    "not of probabilities",
+                )
+        problem = compare_tensors(
+            got.reshape(()) if got.numel() == 1 else got,
+            expected,
+            name=f"loss ({case})",
+            atol=1e-4,
+            rtol=1e-4,
+        )
         if problem:
             return report(title, problem)
     return report(title, None)
@@ -205,7 +245,10 @@ def _swapped(loss_fn: _RecordingLoss) -> bool:
 
     Class indices are integers, model outputs are floats: an integer first argument is the targets.
     """
-    return any(isinstance(first, torch.Tensor) and not first.is_floating_point() for first, _ in loss_fn.calls)
+    return any(
+        isinstance(first, torch.Tensor) and not first.is_floating_point()
+        for first, _ in loss_fn.calls
+    )
 
 
 def _student_step(train_step: Callable) -> tuple[torch.Tensor, Any, str | None, bool]:
@@ -218,7 +261,9 @@ def _student_step(train_step: Callable) -> tuple[torch.Tensor, Any, str | None, 
     return _parameters(model), result, error, _swapped(loss_fn)
 
 
-def _reference_step(*, train_mode: bool = True, zero_grad: bool = True, backward: bool = True) -> tuple[torch.Tensor, float]:
+def _reference_step(
+    *, train_mode: bool = True, zero_grad: bool = True, backward: bool = True
+) -> tuple[torch.Tensor, float]:
     """A step from the same state, right or with a known mistake: (parameters after it, loss)."""
     model, optimizer, inputs, targets = _step_setup()
     with torch.random.fork_rng():
@@ -258,41 +303,69 @@ def check_train_step(train_step: Callable) -> bool:
     title = "train_step"
     got, result, error, swapped = _student_step(train_step)
     if swapped:
-        return report(title, "the loss got its arguments swapped, loss_fn(targets, outputs): PyTorch's losses "
-                             "take the model's outputs first, then the targets, loss_fn(model(inputs), targets)"
-                             + (f" ({error})" if error else ""))
+        return report(
+            title,
+            "the loss got its arguments swapped, loss_fn(targets, outputs): PyTorch's losses "
+            "take the model's outputs first, then the targets, loss_fn(model(inputs), targets)"
+            + (f" ({error})" if error else ""),
+        )
     if error:
         return report(title, error)
     expected, expected_loss = _reference_step()
     if not torch.allclose(got, expected, atol=1e-6, rtol=1e-5):
         start = _parameters(_step_setup()[0])
         hints = [
-            (torch.equal(got, start), "the parameters did not change: call optimizer.step() after "
-             "loss.backward() (and zero the gradients before backward(), not between backward() and step())"),
-            (torch.allclose(got, _reference_step(zero_grad=False)[0], atol=1e-6, rtol=1e-5),
-             "the old gradients were added to the new ones: call optimizer.zero_grad() before "
-             "loss.backward(), so a step never depends on what happened before it"),
-            (torch.allclose(got, _reference_step(zero_grad=False, backward=False)[0], atol=1e-6, rtol=1e-5),
-             "the step used only the gradients left over from before, not this batch's: call "
-             "optimizer.zero_grad(), then loss.backward(), then optimizer.step()"),
-            (torch.allclose(got, _reference_step(train_mode=False)[0], atol=1e-6, rtol=1e-5),
-             "the model trained in eval mode (dropout was off): call model.train() at the start, "
-             "the model may come straight from an evaluation"),
-            (torch.allclose(got, _reference_step(train_mode=False, zero_grad=False)[0], atol=1e-6, rtol=1e-5),
-             "two mistakes: the model stayed in eval mode (call model.train()) and the old gradients "
-             "were not zeroed (call optimizer.zero_grad() before loss.backward())"),
+            (
+                torch.equal(got, start),
+                "the parameters did not change: call optimizer.step() after "
+                "loss.backward() (and zero the gradients before backward(), not between backward() and step())",
+            ),
+            (
+                torch.allclose(got, _reference_step(zero_grad=False)[0], atol=1e-6, rtol=1e-5),
+                "the old gradients were added to the new ones: call optimizer.zero_grad() before "
+                "loss.backward(), so a step never depends on what happened before it",
+            ),
+            (
+                torch.allclose(
+                    got, _reference_step(zero_grad=False, backward=False)[0], atol=1e-6, rtol=1e-5
+                ),
+                "the step used only the gradients left over from before, not this batch's: call "
+                "optimizer.zero_grad(), then loss.backward(), then optimizer.step()",
+            ),
+            (
+                torch.allclose(got, _reference_step(train_mode=False)[0], atol=1e-6, rtol=1e-5),
+                "the model trained in eval mode (dropout was off): call model.train() at the start, "
+                "the model may come straight from an evaluation",
+            ),
+            (
+                torch.allclose(
+                    got, _reference_step(train_mode=False, zero_grad=False)[0], atol=1e-6, rtol=1e-5
+                ),
+                "two mistakes: the model stayed in eval mode (call model.train()) and the old gradients "
+                "were not zeroed (call optimizer.zero_grad() before loss.backward())",
+            ),
         ]
         for matched, hint in hints:
             if matched:
                 return report(title, hint)
-        return report(title, compare_tensors(got, expected, name="parameters after the step", atol=1e-6, rtol=1e-5))
+        return report(
+            title,
+            compare_tensors(got, expected, name="parameters after the step", atol=1e-6, rtol=1e-5),
+        )
     if isinstance(result, torch.Tensor):
-        return report(title, "return loss.item(), a Python float: the loss tensor keeps its whole graph alive")
+        return report(
+            title, "return loss.item(), a Python float: the loss tensor keeps its whole graph alive"
+        )
     value = as_number(result)
     if value is None:
-        return report(title, f"return the loss as a float (loss.item()), got {type(result).__name__}")
+        return report(
+            title, f"return the loss as a float (loss.item()), got {type(result).__name__}"
+        )
     if not _near(value, expected_loss):
-        return report(title, f"returned loss {value:.6g}, expected {expected_loss:.6g} (the loss computed in this step)")
+        return report(
+            title,
+            f"returned loss {value:.6g}, expected {expected_loss:.6g} (the loss computed in this step)",
+        )
     return report(title, None)
 
 
@@ -338,25 +411,42 @@ def check_accuracy(accuracy_fn: Callable) -> bool:
     if _near(value, expected):
         return report(title, None)
     if _near(value, 100 * expected):
-        return report(title, f"got {value:.4g}, a percentage; return a fraction between 0 and 1 ({expected:.4g})")
+        return report(
+            title,
+            f"got {value:.4g}, a percentage; return a fraction between 0 and 1 ({expected:.4g})",
+        )
     if _near(value, expected * n):
-        return report(title, f"got {value:.4g}, the number of correct samples; divide by the number of samples ({n})")
+        return report(
+            title,
+            f"got {value:.4g}, the number of correct samples; divide by the number of samples ({n})",
+        )
     per_class = [(logits.argmax(dim=1)[targets == k] == k).float().mean().item() for k in range(c)]
     if _near(value, sum(per_class) / c):
-        return report(title, f"got {value:.4g}, the accuracy of each class averaged (a macro average, torchmetrics' "
-                             "default for MulticlassAccuracy); the exercise wants the fraction of all samples "
-                             f"classified correctly ({expected:.4g}, average='micro')")
+        return report(
+            title,
+            f"got {value:.4g}, the accuracy of each class averaged (a macro average, torchmetrics' "
+            "default for MulticlassAccuracy); the exercise wants the fraction of all samples "
+            f"classified correctly ({expected:.4g}, average='micro')",
+        )
     if value == 0 and expected > 0:
         # Two mistakes give 0 here; on logits where every prediction is right only one still gives 0.
         all_right, _ = call_safely(accuracy_fn, logits.clone(), logits.argmax(dim=1))
         if as_number(all_right) == 1.0:
-            return report(title, "got 0, but 1 when every prediction is right: integer division? "
-                                 "Divide as floats: (predictions == targets).float().mean()")
-        return report(title, "got 0 even when every prediction is right: you compared the largest score (or "
-                             "probability) with the class indices. The predicted class is the *position* of "
-                             "the largest score: logits.argmax(dim=1) == targets")
+            return report(
+                title,
+                "got 0, but 1 when every prediction is right: integer division? "
+                "Divide as floats: (predictions == targets).float().mean()",
+            )
+        return report(
+            title,
+            "got 0 even when every prediction is right: you compared the largest score (or "
+            "probability) with the class indices. The predicted class is the *position* of "
+            "the largest score: logits.argmax(dim=1) == targets",
+        )
     return report(title, f"got {value:.6g}, expected {expected:.6g}")
 
 
-_MAX_PAIR = (" (logits.max(dim=1) returns a pair (values, indices): the predicted classes are its "
-             ".indices, or simply logits.argmax(dim=1))")
+_MAX_PAIR = (
+    " (logits.max(dim=1) returns a pair (values, indices): the predicted classes are its "
+    ".indices, or simply logits.argmax(dim=1))"
+)

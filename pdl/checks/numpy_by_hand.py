@@ -27,7 +27,6 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-
 # --------------------------------------------------------------------------------------
 # Lecture 00: gradients by hand in NumPy
 # --------------------------------------------------------------------------------------
@@ -57,7 +56,10 @@ def check_linear_backward(linear_backward: Callable) -> bool:
     (x @ weight.T + bias).backward(grad_out)
 
     result, problem = call_safely(
-        linear_backward, x.detach().numpy().copy(), weight.detach().numpy().copy(), grad_out.numpy().copy()
+        linear_backward,
+        x.detach().numpy().copy(),
+        weight.detach().numpy().copy(),
+        grad_out.numpy().copy(),
     )
     if problem:
         return report(title, problem)
@@ -73,7 +75,10 @@ def check_linear_backward(linear_backward: Callable) -> bool:
     for got, expected, name in zip(grads, (x.grad, weight.grad, bias.grad), hints, strict=True):
         problem = compare_arrays(got, expected.numpy(), name)
         if problem:
-            return report(title, problem + (hints[name] if "shape" in problem or "single number" in problem else ""))
+            return report(
+                title,
+                problem + (hints[name] if "shape" in problem or "single number" in problem else ""),
+            )
     return report(title, None)
 
 
@@ -109,7 +114,9 @@ def check_softmax_ce_grad(softmax_ce_grad: Callable) -> bool:
     logits = torch.randn(n, classes, generator=gen, dtype=torch.float64) * 2
     for case, case_logits in (("", logits), (" for large logits (around 1000)", logits + 1000)):
         expected = _softmax_ce_reference(case_logits, labels).numpy()
-        got, problem = call_safely(softmax_ce_grad, case_logits.numpy().copy(), labels.numpy().copy())
+        got, problem = call_safely(
+            softmax_ce_grad, case_logits.numpy().copy(), labels.numpy().copy()
+        )
         if problem:
             return report(title, problem + case)
         problem = compare_arrays(got, expected, "the gradient")
@@ -117,10 +124,19 @@ def check_softmax_ce_grad(softmax_ce_grad: Callable) -> bool:
             continue
         # The hints look at the values, so only for an array of the right shape: anything
         # else (a tuple (loss, grad), a list) is already described by the problem.
-        if isinstance(got, np.ndarray) and got.shape == expected.shape and np.issubdtype(got.dtype, np.number):
+        if (
+            isinstance(got, np.ndarray)
+            and got.shape == expected.shape
+            and np.issubdtype(got.dtype, np.number)
+        ):
             if not np.isfinite(got).all():
-                return report(title, f"got NaN or inf{case}: subtract each row's maximum before np.exp")
+                return report(
+                    title, f"got NaN or inf{case}: subtract each row's maximum before np.exp"
+                )
             if np.allclose(got, expected * n):
-                return report(title, f"{problem}; it is N = {n} times too large: the loss is a mean, divide by N")
+                return report(
+                    title,
+                    f"{problem}; it is N = {n} times too large: the loss is a mean, divide by N",
+                )
         return report(title, problem + case)
     return report(title, None)

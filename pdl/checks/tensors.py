@@ -76,7 +76,9 @@ def check_arange_matrix(arange_matrix: Callable) -> bool:
             return report(title, problem)
         problem = compare_tensors(got, expected)
         if problem and "dtype torch.int64" in problem:
-            return report(title, problem + " (torch.arange of integers gives int64: pass dtype=torch.float32)")
+            return report(
+                title, problem + " (torch.arange of integers gives int64: pass dtype=torch.float32)"
+            )
         if problem:
             return report(title, f"{problem} (for rows={rows}, cols={cols})")
     return report(title, None)
@@ -145,7 +147,10 @@ def check_replace_below(replace_below: Callable) -> bool:
     if problem:
         return report(title, problem)
     if not torch.equal(given, x):
-        return report(title, "your function changed its input x; clone it first (x.clone()) or use torch.where")
+        return report(
+            title,
+            "your function changed its input x; clone it first (x.clone()) or use torch.where",
+        )
     problem = compare_tensors(got, expected)
     if problem and isinstance(got, torch.Tensor) and got.shape == expected.shape:
         if got.dtype != expected.dtype:
@@ -175,7 +180,9 @@ def check_standardize_columns(standardize_columns: Callable) -> bool:
     title = "standardize columns"
     gen = _generator(4)
     # Columns on very different scales, like real features (age in years, income in euros).
-    x = torch.randn(6, 3, generator=gen) * torch.tensor([1.0, 10.0, 100.0]) + torch.tensor([0.0, 5.0, -50.0])
+    x = torch.randn(6, 3, generator=gen) * torch.tensor([1.0, 10.0, 100.0]) + torch.tensor(
+        [0.0, 5.0, -50.0]
+    )
     expected = (x - x.mean(dim=0)) / x.std(dim=0)
     got, problem = call_safely(standardize_columns, x.clone())
     problem = problem or compare_tensors(got, expected, atol=1e-5, rtol=1e-4)
@@ -193,7 +200,9 @@ def check_standardize_columns(standardize_columns: Callable) -> bool:
         elif not close(column_means, torch.zeros(3), atol=1e-4):
             problem += " (each column needs its own mean and std: reduce over dim=0, the rows)"
         else:
-            problem += " (the column means are right: divide by each column's own std, x.std(dim=0))"
+            problem += (
+                " (the column means are right: divide by each column's own std, x.std(dim=0))"
+            )
     elif problem and ("shape" in problem or "size of tensor" in problem):
         problem += " (reduce over dim=0: one mean and one std per column, shape (D,), broadcast over the N rows)"
     return report(title, problem)
@@ -227,7 +236,10 @@ def check_accuracy_from_logits(accuracy: Callable) -> bool:
     if problem:
         return report(title, problem)
     if isinstance(got, torch.Tensor) and got.numel() != 1:
-        return report(title, f"expected a single number, got a tensor of shape {tuple(got.shape)} (reduce with .mean())")
+        return report(
+            title,
+            f"expected a single number, got a tensor of shape {tuple(got.shape)} (reduce with .mean())",
+        )
     value = as_number(got)
     if value is None:
         return report(title, f"expected a number, got {type(got).__name__}")
@@ -255,7 +267,11 @@ def check_linear_matmul(linear: Callable) -> bool:
     """
     title = "linear with matmul"
     gen = _generator(6)
-    x, weight, bias = torch.randn(4, 5, generator=gen), torch.randn(3, 5, generator=gen), torch.randn(3, generator=gen)
+    x, weight, bias = (
+        torch.randn(4, 5, generator=gen),
+        torch.randn(3, 5, generator=gen),
+        torch.randn(3, generator=gen),
+    )
     got, problem = call_safely(linear, x.clone(), weight.clone(), bias.clone())
     if problem and "shapes cannot be multiplied" in problem:
         problem += " (weight is (out, in): multiply by its transpose, weight.T)"
@@ -291,7 +307,10 @@ def check_scale_inplace(scale_: Callable) -> bool:
     if problem:
         return report(title, problem)
     if not isinstance(got, torch.Tensor) or got.data_ptr() != x.data_ptr():
-        return report(title, "x is right, but return x itself (in-place methods like mul_ return their tensor)")
+        return report(
+            title,
+            "x is right, but return x itself (in-place methods like mul_ return their tensor)",
+        )
     return report(title, None)
 
 
@@ -343,7 +362,11 @@ def check_zeros_like_device(zeros_on_same_device: Callable) -> bool:
     """
     title = "zeros on the same device"
     shape = (2, 3)
-    for x in (torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.int16), torch.empty(4, device="meta")):
+    for x in (
+        torch.ones(4, dtype=torch.float64),
+        torch.ones(4, dtype=torch.int16),
+        torch.empty(4, device="meta"),
+    ):
         got, problem = call_safely(zeros_on_same_device, x, shape)
         if problem:
             return report(title, problem)
@@ -356,9 +379,15 @@ def check_zeros_like_device(zeros_on_same_device: Callable) -> bool:
                 "pass device=x.device",
             )
         if got.dtype != x.dtype:
-            return report(title, f"the result has dtype {got.dtype}, but x has {x.dtype}: pass dtype=x.dtype")
+            return report(
+                title, f"the result has dtype {got.dtype}, but x has {x.dtype}: pass dtype=x.dtype"
+            )
         if x.device.type == "meta":  # a meta tensor has no values to compare
-            problem = None if tuple(got.shape) == shape else f"result has shape {tuple(got.shape)}, expected {shape}"
+            problem = (
+                None
+                if tuple(got.shape) == shape
+                else f"result has shape {tuple(got.shape)}, expected {shape}"
+            )
         else:
             problem = compare_tensors(got, torch.zeros(shape, dtype=x.dtype))
         if problem:
@@ -383,7 +412,9 @@ def check_xyz_gradients(xyz_gradients: Callable) -> bool:
     """
     title = "gradients of c = sum(x * y + z)"
     gen = _generator(9)
-    x, y, z = (torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    x, y, z = (
+        torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)
+    )
     (x * y + z).sum().backward()
     got, problem = call_safely(xyz_gradients, *(t.detach().numpy().copy() for t in (x, y, z)))
     if problem:
@@ -391,11 +422,21 @@ def check_xyz_gradients(xyz_gradients: Callable) -> bool:
     grads, problem = unpack(got, ("grad_x", "grad_y", "grad_z"))
     if problem:
         return report(title, problem)
-    hints = {"grad_x": " (dc/dx = y)", "grad_y": " (dc/dy = x)", "grad_z": " (one per element of z: np.ones_like(z))"}
+    hints = {
+        "grad_x": " (dc/dx = y)",
+        "grad_y": " (dc/dy = x)",
+        "grad_z": " (one per element of z: np.ones_like(z))",
+    }
     for got_grad, expected, name in zip(grads, (x.grad, y.grad, z.grad), hints, strict=True):
         if name == "grad_z" and np.ndim(got_grad) == 0 and not isinstance(got_grad, np.ndarray):
-            return report(title, "grad_z is a single number; it needs one value per element of z: np.ones_like(z)")
+            return report(
+                title,
+                "grad_z is a single number; it needs one value per element of z: np.ones_like(z)",
+            )
         problem = compare_arrays(got_grad, expected.numpy(), name)
         if problem:
-            return report(title, problem + (hints[name] if "wrong at" in problem or "shape" in problem else ""))
+            return report(
+                title,
+                problem + (hints[name] if "wrong at" in problem or "shape" in problem else ""),
+            )
     return report(title, None)

@@ -77,59 +77,97 @@ def check_standardize(fn: Callable, *, seed: int = 0) -> bool:
     # Pixels also differ in brightness (a centre brighter than the border), as in real photos.
     pixel_shift = torch.linspace(-0.1, 0.1, 36).reshape(1, 1, 6, 6)
     train = torch.randn(40, 3, 6, 6, generator=generator) * channel_std + channel_mean + pixel_shift
-    test = torch.randn(12, 3, 6, 6, generator=generator) * channel_std + channel_mean + pixel_shift + 0.1
+    test = (
+        torch.randn(12, 3, 6, 6, generator=generator) * channel_std
+        + channel_mean
+        + pixel_shift
+        + 0.1
+    )
 
     given_train, given_test = train.clone(), test.clone()
     result, error = call_safely(fn, given_train, given_test)
     if error:
         if "must match the size of tensor" in error:
-            error += (" (keep the reduced dimensions: train.mean(dim=(0, 2, 3), keepdim=True) has shape "
-                      "(1, C, 1, 1), which broadcasts against (N, C, H, W))")
+            error += (
+                " (keep the reduced dimensions: train.mean(dim=(0, 2, 3), keepdim=True) has shape "
+                "(1, C, 1, 1), which broadcasts against (N, C, H, W))"
+            )
         return report(title, error)
     # Judged as lecture 01 judges it: a function that returns new tensors leaves its inputs alone.
     for name, given, original in (("train", given_train, train), ("test", given_test, test)):
         if not torch.equal(given, original):
-            return report(title, f"your function changed its input {name} in place (e.g. {name} -= mean or "
-                                 f"{name}.sub_(mean)): the caller's images change too, and calling it twice "
-                                 f"standardizes them twice. Compute new tensors: ({name} - mean) / std")
+            return report(
+                title,
+                f"your function changed its input {name} in place (e.g. {name} -= mean or "
+                f"{name}.sub_(mean)): the caller's images change too, and calling it twice "
+                f"standardizes them twice. Compute new tensors: ({name} - mean) / std",
+            )
     pair, problem = unpack(result, ("train_standardized", "test_standardized"))
     if problem:
         return report(title, problem)
     got_train, got_test = pair
 
-    def matches(got: object, want: torch.Tensor) -> bool:  # unlike close(), insists on the dtype too
+    def matches(
+        got: object, want: torch.Tensor
+    ) -> bool:  # unlike close(), insists on the dtype too
         return compare_tensors(got, want, **_TOL) is None
 
     expected_train = _standardized_both_ways(train)
     expected_test = _standardized_both_ways(test, statistics_of=train)
     if not any(matches(got_train, want) for want in expected_train):
-        return report(title, _standardize_hint(got_train, train)
-                      or compare_tensors(got_train, expected_train[1], name="the standardized training images", **_TOL))
+        return report(
+            title,
+            _standardize_hint(got_train, train)
+            or compare_tensors(
+                got_train, expected_train[1], name="the standardized training images", **_TOL
+            ),
+        )
     if not any(matches(got_test, want) for want in expected_test):
         if any(matches(got_test, own) for own in _standardized_both_ways(test)):
-            return report(title, "the test images were standardized with their own statistics: use the training "
-                                 "set's mean and std (the test set stands for data you have not seen yet)")
-        return report(title, compare_tensors(got_test, expected_test[1], name="the standardized test images", **_TOL))
+            return report(
+                title,
+                "the test images were standardized with their own statistics: use the training "
+                "set's mean and std (the test set stands for data you have not seen yet)",
+            )
+        return report(
+            title,
+            compare_tensors(
+                got_test, expected_test[1], name="the standardized test images", **_TOL
+            ),
+        )
     return report(title, None)
 
 
 def _standardize_hint(got: object, train: torch.Tensor) -> str | None:
     """Recognise training images standardized over the wrong dims, or only half standardized."""
     wrong = {
-        "one mean and std for all channels together: each channel needs its own, reduce over dims (0, 2, 3)": (0, 1, 2, 3),
-        "a mean and std for every pixel: per-channel statistics reduce over the pixels too, dims (0, 2, 3)": (0,),
-        "statistics per image: compute them over the whole training set (dim 0) and the pixels (dims 2, 3)": (1, 2, 3),
+        "one mean and std for all channels together: each channel needs its own, reduce over dims (0, 2, 3)": (
+            0,
+            1,
+            2,
+            3,
+        ),
+        "a mean and std for every pixel: per-channel statistics reduce over the pixels too, dims (0, 2, 3)": (
+            0,
+        ),
+        "statistics per image: compute them over the whole training set (dim 0) and the pixels (dims 2, 3)": (
+            1,
+            2,
+            3,
+        ),
     }
     for hint, dims in wrong.items():
         if any(close(got, want, **_TOL) for want in _standardized_both_ways(train, dims)):
             return f"the training images: {hint}"
     mean = train.mean(dim=_DIMS, keepdim=True)
     halves = {
-        "divided by the variance: divide by the standard deviation, its square root (x.std)":
-            [(train - mean) / train.var(dim=_DIMS, keepdim=True, correction=c) for c in (0, 1)],
+        "divided by the variance: divide by the standard deviation, its square root (x.std)": [
+            (train - mean) / train.var(dim=_DIMS, keepdim=True, correction=c) for c in (0, 1)
+        ],
         "only centred: also divide by each channel's standard deviation": [train - mean],
-        "only scaled: also subtract each channel's mean first":
-            [train / train.std(dim=_DIMS, keepdim=True, correction=c) for c in (0, 1)],
+        "only scaled: also subtract each channel's mean first": [
+            train / train.std(dim=_DIMS, keepdim=True, correction=c) for c in (0, 1)
+        ],
     }
     for hint, candidates in halves.items():
         if any(close(got, want, **_TOL) for want in candidates):
@@ -167,8 +205,10 @@ def check_kaiming_init(fn: Callable, *, seed: int = 0) -> bool:
         original_weight, original_bias = layer.weight, layer.bias
         before = layer.weight.detach().clone()
         _, error = call_safely(fn, layer)
-    in_place = ("change the values of the existing parameters in place: with torch.no_grad(): "
-                "layer.weight.normal_(...) (or nn.init.*_)")
+    in_place = (
+        "change the values of the existing parameters in place: with torch.no_grad(): "
+        "layer.weight.normal_(...) (or nn.init.*_)"
+    )
     if error:
         if "cannot assign" in error:
             error += f" (layer.weight must stay the same nn.Parameter: {in_place})"
@@ -179,11 +219,17 @@ def check_kaiming_init(fn: Callable, *, seed: int = 0) -> bool:
         return report(title, f"layer.weight and layer.bias must stay nn.Parameters: {in_place}")
     if layer.weight is not original_weight or layer.bias is not original_bias:
         which = "layer.weight" if layer.weight is not original_weight else "layer.bias"
-        return report(title, f"{which} was replaced by a new nn.Parameter: an optimizer (or anything else) that "
-                             f"already holds the old one would never see it. The task says in place: {in_place}")
+        return report(
+            title,
+            f"{which} was replaced by a new nn.Parameter: an optimizer (or anything else) that "
+            f"already holds the old one would never see it. The task says in place: {in_place}",
+        )
     weight = layer.weight.detach()
     if torch.equal(weight, before):
-        return report(title, "the weights did not change: change layer.weight in place (nothing needs to be returned)")
+        return report(
+            title,
+            "the weights did not change: change layer.weight in place (nothing needs to be returned)",
+        )
     std, mean = weight.std().item(), weight.mean().item()
     target = math.sqrt(2 / fan_in)
     if abs(mean) > 0.05 * target:
@@ -194,17 +240,27 @@ def check_kaiming_init(fn: Callable, *, seed: int = 0) -> bool:
             "of its inputs, so Kaiming doubles the variance": math.sqrt(1 / fan_in),
             "sqrt(2 / (fan_in + fan_out)): that is Glorot's (Xavier) initialization, the average of fan-in and "
             "fan-out; for ReLU use sqrt(2 / fan_in)": math.sqrt(2 / (fan_in + fan_out)),
-            "sqrt(2 / fan_out): fan_in is the number of inputs, layer.in_features (weight.shape[1])": math.sqrt(2 / fan_out),
-            "2 / fan_in: that is the variance; normal_(mean, std) takes the standard deviation, sqrt(2 / fan_in)": 2 / fan_in,
+            "sqrt(2 / fan_out): fan_in is the number of inputs, layer.in_features (weight.shape[1])": math.sqrt(
+                2 / fan_out
+            ),
+            "2 / fan_in: that is the variance; normal_(mean, std) takes the standard deviation, sqrt(2 / fan_in)": 2
+            / fan_in,
             "sqrt(2 / fan_in) / sqrt(3): uniform_(-b, b) has std b / sqrt(3); a uniform Kaiming init uses "
             "b = sqrt(6 / fan_in)": math.sqrt(2 / fan_in) / math.sqrt(3),
             "1 / sqrt(3 fan_in): PyTorch's default for nn.Linear, so the layer was re-initialized with "
-            "nn.Linear's own rule (reset_parameters); Kaiming for ReLU is sqrt(2 / fan_in)": math.sqrt(1 / (3 * fan_in)),
+            "nn.Linear's own rule (reset_parameters); Kaiming for ReLU is sqrt(2 / fan_in)": math.sqrt(
+                1 / (3 * fan_in)
+            ),
         }
         for hint, value in known.items():
             if abs(std / value - 1) < 0.03:
-                return report(title, f"the weights' std is {std:.4g}, which is {hint} (expected {target:.4g})")
-        return report(title, f"the weights' std is {std:.4g}, expected sqrt(2 / fan_in) = {target:.4g} for fan_in = {fan_in}")
+                return report(
+                    title, f"the weights' std is {std:.4g}, which is {hint} (expected {target:.4g})"
+                )
+        return report(
+            title,
+            f"the weights' std is {std:.4g}, expected sqrt(2 / fan_in) = {target:.4g} for fan_in = {fan_in}",
+        )
     if layer.bias.detach().abs().max().item() != 0.0:
         return report(title, "set the bias to zero")
     return report(title, None)
@@ -233,7 +289,9 @@ def _gradients(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> 
 
 def _torch_trajectory(params, x, y) -> list[list[torch.Tensor]]:
     """Parameters after each step of torch.optim.SGD(momentum=...): the reference."""
-    with torch.random.fork_rng():  # its random initial weights are overwritten: leave the notebook's generator alone
+    with (
+        torch.random.fork_rng()
+    ):  # its random initial weights are overwritten: leave the notebook's generator alone
         model = nn.Linear(4, 3)
     with torch.no_grad():
         model.weight.copy_(params[0])
@@ -263,14 +321,19 @@ def _rule_trajectory(rule: Callable, params, x, y) -> list[list[torch.Tensor]]:
 
 _KNOWN_MISTAKES: dict[str, Callable] = {
     "the velocity is not carried over: this is plain SGD. Keep velocity = momentum * velocity + grad "
-    "and return it, so that the next step can use it":
-        lambda p, g, v: (p - _LR * g, v),
-    "PyTorch's velocity is momentum * velocity + grad, without a (1 - momentum) factor on the gradient":
-        lambda p, g, v: (p - _LR * (_MOMENTUM * v + (1 - _MOMENTUM) * g), _MOMENTUM * v + (1 - _MOMENTUM) * g),
-    "the step uses the old velocity: first update velocity = momentum * velocity + grad, then step with it":
-        lambda p, g, v: (p - _LR * v, _MOMENTUM * v + g),
-    "the gradient must be subtracted (go downhill): param - lr * velocity":
-        lambda p, g, v: (p + _LR * (_MOMENTUM * v + g), _MOMENTUM * v + g),
+    "and return it, so that the next step can use it": lambda p, g, v: (p - _LR * g, v),
+    "PyTorch's velocity is momentum * velocity + grad, without a (1 - momentum) factor on the gradient": lambda p, g, v: (
+        p - _LR * (_MOMENTUM * v + (1 - _MOMENTUM) * g),
+        _MOMENTUM * v + (1 - _MOMENTUM) * g,
+    ),
+    "the step uses the old velocity: first update velocity = momentum * velocity + grad, then step with it": lambda p, g, v: (
+        p - _LR * v,
+        _MOMENTUM * v + g,
+    ),
+    "the gradient must be subtracted (go downhill): param - lr * velocity": lambda p, g, v: (
+        p + _LR * (_MOMENTUM * v + g),
+        _MOMENTUM * v + g,
+    ),
 }
 
 
@@ -303,7 +366,9 @@ def check_sgd_momentum(fn: Callable, *, seed: int = 0) -> bool:
     for step in range(1, _STEPS + 1):
         grads = _gradients(current, x, y)
         for i, name in enumerate(("weight", "bias")):
-            result, error = call_safely(fn, current[i].clone(), grads[i].clone(), velocities[i].clone(), _LR, _MOMENTUM)
+            result, error = call_safely(
+                fn, current[i].clone(), grads[i].clone(), velocities[i].clone(), _LR, _MOMENTUM
+            )
             if error:
                 where = "" if error == NOT_ATTEMPTED else f"step {step}, {name}: "
                 return report(title, where + error)
@@ -311,11 +376,21 @@ def check_sgd_momentum(fn: Callable, *, seed: int = 0) -> bool:
             if problem:
                 return report(title, problem)
             new_param, new_velocity = pair
-            problem = compare_tensors(new_param, expected[step - 1][i], name=f"the {name} after step {step}", atol=1e-5, rtol=1e-4)
+            problem = compare_tensors(
+                new_param,
+                expected[step - 1][i],
+                name=f"the {name} after step {step}",
+                atol=1e-5,
+                rtol=1e-4,
+            )
             if problem is None and not isinstance(new_velocity, torch.Tensor):
                 problem = f"the velocity should be a tensor, got {type(new_velocity).__name__}"
             if problem is not None:
-                return report(title, _momentum_hint(new_param, step, i, params, x, y) or _first_step_hint(problem, step))
+                return report(
+                    title,
+                    _momentum_hint(new_param, step, i, params, x, y)
+                    or _first_step_hint(problem, step),
+                )
             current[i], velocities[i] = new_param.detach(), new_velocity.detach()
     return report(title, None)
 

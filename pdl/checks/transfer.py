@@ -59,36 +59,52 @@ def check_freeze_all_but_head(freeze_all_but_head: Callable[[nn.Module], object]
     return report(title, None)
 
 
-def _freeze_problem(model: nn.Module, head: str, head_before: list[int], returned: object) -> str | None:
+def _freeze_problem(
+    model: nn.Module, head: str, head_before: list[int], returned: object
+) -> str | None:
     if [id(p) for p in model.get_submodule(head).parameters()] != head_before:
-        return (f"your function replaced the head ({head}); it should only set requires_grad. "
-                "The model it gets already has its new 2-class head")
+        return (
+            f"your function replaced the head ({head}); it should only set requires_grad. "
+            "The model it gets already has its new 2-class head"
+        )
     parameters = dict(model.named_parameters())
     body = [k for k in parameters if not _under(k, head)]
     still_trainable = [k for k in body if parameters[k].requires_grad]
     frozen_head = [k for k, p in parameters.items() if not p.requires_grad and _under(k, head)]
     if not still_trainable and not frozen_head:
         return None
-    values = (f"Counted in values (elements): {sum(p.numel() for p in parameters.values() if p.requires_grad):,} "
-              f"of {sum(p.numel() for p in parameters.values()):,} train, expected just the head's "
-              f"{sum(p.numel() for k, p in parameters.items() if _under(k, head)):,}.")
+    values = (
+        f"Counted in values (elements): {sum(p.numel() for p in parameters.values() if p.requires_grad):,} "
+        f"of {sum(p.numel() for p in parameters.values()):,} train, expected just the head's "
+        f"{sum(p.numel() for k, p in parameters.items() if _under(k, head)):,}."
+    )
     if len(still_trainable) == len(body):  # nothing outside the head was frozen: find out why
         if any("requires_grad_" in vars(p) for p in parameters.values()):
-            return ("nothing was frozen: you assigned to requires_grad_ (the name of a method). "
-                    "Write parameter.requires_grad = False, or call parameter.requires_grad_(False)")
+            return (
+                "nothing was frozen: you assigned to requires_grad_ (the name of a method). "
+                "Write parameter.requires_grad = False, or call parameter.requires_grad_(False)"
+            )
         if not model.training:
-            return ("nothing was frozen, but the model is in eval mode: model.eval() does not freeze "
-                    "anything, it only switches dropout and batch norm to evaluation behaviour. "
-                    "Set requires_grad = False on the body's parameters")
+            return (
+                "nothing was frozen, but the model is in eval mode: model.eval() does not freeze "
+                "anything, it only switches dropout and batch norm to evaluation behaviour. "
+                "Set requires_grad = False on the body's parameters"
+            )
         if isinstance(returned, nn.Module) and returned is not model:
-            return ("the model you were given is unchanged: freeze it in place "
-                    "(the notebook keeps using that model; whatever you return is ignored)")
+            return (
+                "the model you were given is unchanged: freeze it in place "
+                "(the notebook keeps using that model; whatever you return is ignored)"
+            )
     if still_trainable:
-        return (f"{len(still_trainable)} of the {len(body)} parameter tensors outside the head are still "
-                f"trainable (e.g. {still_trainable[0]}). {values} "
-                "Set requires_grad = False on every parameter of the body.")
-    return (f"{len(frozen_head)} of the head's parameter tensors are frozen (e.g. {frozen_head[0]}). {values} "
-            "The new head is the part that must learn.")
+        return (
+            f"{len(still_trainable)} of the {len(body)} parameter tensors outside the head are still "
+            f"trainable (e.g. {still_trainable[0]}). {values} "
+            "Set requires_grad = False on every parameter of the body."
+        )
+    return (
+        f"{len(frozen_head)} of the head's parameter tensors are frozen (e.g. {frozen_head[0]}). {values} "
+        "The new head is the part that must learn."
+    )
 
 
 @exercise
@@ -120,7 +136,9 @@ def check_param_groups(make_param_groups: Callable[[nn.Module, float, float], ob
         if problem is None:
             _, problem = call_safely(torch.optim.AdamW, groups)
             if problem:
-                problem = "torch.optim.AdamW does not accept the groups: " + problem.removeprefix("your code raised ")
+                problem = "torch.optim.AdamW does not accept the groups: " + problem.removeprefix(
+                    "your code raised "
+                )
         if problem:
             return report(title, f"on {arch} (head_lr={head_lr}, body_lr={body_lr}): {problem}")
     return report(title, None)
@@ -135,15 +153,23 @@ def _listed(groups: object) -> tuple[object, str | None]:
     for index, group in enumerate(groups):
         params = group.get("params") if isinstance(group, Mapping) else None
         if isinstance(params, (set, frozenset)):
-            return None, (f"group {index}: 'params' is a set; use a list (an optimizer needs the parameters "
-                          "in a fixed order, and PyTorch refuses sets)")
-        if params is not None and not isinstance(params, torch.Tensor) and hasattr(params, "__iter__"):
+            return None, (
+                f"group {index}: 'params' is a set; use a list (an optimizer needs the parameters "
+                "in a fixed order, and PyTorch refuses sets)"
+            )
+        if (
+            params is not None
+            and not isinstance(params, torch.Tensor)
+            and hasattr(params, "__iter__")
+        ):
             group = {**group, "params": list(params)}
         listed.append(group)
     return listed, None
 
 
-def _param_groups_problem(model: nn.Module, groups: object, head_lr: float, body_lr: float) -> str | None:
+def _param_groups_problem(
+    model: nn.Module, groups: object, head_lr: float, body_lr: float
+) -> str | None:
     if not isinstance(groups, (list, tuple)) or not groups:
         return f"expected a non-empty list of dicts, got {type(groups).__name__}"
     names = {id(p): k for k, p in model.named_parameters()}
@@ -160,7 +186,9 @@ def _param_groups_problem(model: nn.Module, groups: object, head_lr: float, body
                 return f"group {index} holds a tensor that is not a parameter of the model"
             name = names[id(parameter)]
             if not parameter.requires_grad:
-                return f"the frozen parameter {name} is in group {index}: leave frozen parameters out"
+                return (
+                    f"the frozen parameter {name} is in group {index}: leave frozen parameters out"
+                )
             if id(parameter) in seen:
                 return f"{name} is in two groups: every parameter must be in exactly one"
             expected = head_lr if _under(name, head) else body_lr
