@@ -5,8 +5,10 @@ Small modules, one concern each, meant to be read:
 - ``pdl.device``: device choice, mixed-precision policy, seeding, moving batches.
 - ``pdl.store``: the data root, the offline mirror, downloads, verification by manifest.
 - ``pdl.data``: Fashion-MNIST and ants/bees as tensors, datasets and loaders.
-- ``pdl.train``: ``train_one_epoch``, ``evaluate``, ``predict`` and ``fit`` (lecture 03's loop).
-- ``pdl.diagnostics``: the checks that explain a mistake before any work is lost.
+- ``pdl.train``: ``train_one_epoch`` and ``fit`` (lecture 03's loop).
+- ``pdl.evaluation``: ``evaluate`` and ``predict`` (eval mode, under ``inference_mode``).
+- ``pdl.arguments``: the checks of ``fit``'s arguments, before any work is lost.
+- ``pdl.diagnostics``: the checks on the batches: a mistake in the data, model or loss explained.
 - ``pdl.history``: what ``fit`` records: the ``History``, the monitored best, log lines.
 - ``pdl.checkpoint``: atomic, ``weights_only``-safe checkpoints and exact resuming.
 - ``pdl.metrics``: torchmetrics classification metrics with the right ``task=``.
@@ -18,11 +20,14 @@ Small modules, one concern each, meant to be read:
 - ``pdl.features``: frozen-backbone features, their cache, the linear probe (lecture 07).
 - ``pdl.checks``: self-checks for the notebook exercises.
 - ``pdl.distributed``: several processes under ``torchrun`` (DistributedDataParallel) for ``fit``.
+- ``pdl.export``: a model exported to ONNX for the demo app, verified against PyTorch (lecture 08).
+- ``pdl.serve``: the demo app, ONNX Runtime behind FastAPI (``import pdl.serve``; lecture 08).
 """
 
 __version__ = "0.1.0"  # the only place the version is written (pyproject.toml reads it)
 
 from pdl import (  # noqa: E402
+    arguments,
     batchnorm,
     checkpoint,
     checks,
@@ -30,6 +35,7 @@ from pdl import (  # noqa: E402
     device,
     diagnostics,
     distributed,
+    evaluation,
     features,
     history,
     metrics,
@@ -41,12 +47,14 @@ from pdl import (  # noqa: E402
     weights,
 )
 from pdl.device import get_device, precision_policy, seed_everything, to_device  # noqa: E402
+from pdl.evaluation import evaluate, predict  # noqa: E402
 from pdl.history import History  # noqa: E402
-from pdl.train import evaluate, fit, predict, train_one_epoch  # noqa: E402
+from pdl.train import fit, train_one_epoch  # noqa: E402
 
 __all__ = [
     "History",
     "__version__",
+    "arguments",
     "batchnorm",
     "checkpoint",
     "checks",
@@ -55,6 +63,7 @@ __all__ = [
     "diagnostics",
     "distributed",
     "evaluate",
+    "evaluation",
     "features",
     "fit",
     "get_device",

@@ -1,4 +1,4 @@
-"""The training loop of lecture 03, packaged: ``train_one_epoch``, ``evaluate``, ``predict``, ``fit``.
+"""The training loop of lecture 03, packaged: ``train_one_epoch`` and ``fit``.
 
 Read it top to bottom: ``fit`` is the loop you wrote by hand,
 
@@ -14,9 +14,11 @@ Read it top to bottom: ``fit`` is the loop you wrote by hand,
 
 plus options you switch on with plain keyword arguments: a device, mixed precision,
 an LR scheduler, gradient clipping and accumulation, metrics, a progress bar, TensorBoard,
-checkpoints, resuming and early stopping. No callbacks, no hidden state. The checks that
-explain mistakes live in ``pdl.diagnostics``, what a checkpoint holds in ``pdl.checkpoint``,
-the record of the run in ``pdl.history``.
+checkpoints, resuming and early stopping. No callbacks, no hidden state. ``evaluate`` and
+``predict`` live in ``pdl.evaluation`` (imported here too, so ``from pdl.train import
+evaluate, predict`` works); the checks that explain mistakes in ``pdl.arguments`` (before
+training) and ``pdl.diagnostics`` (on the batches), what a checkpoint holds in
+``pdl.checkpoint``, the record of the run in ``pdl.history``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +35,12 @@ from torchmetrics import Metric, MetricCollection
 from tqdm.auto import tqdm
 
 from pdl import distributed  # distributed: several processes under torchrun (pdl/distributed.py)
+from pdl.arguments import (
+    check_fit_arguments,
+    check_plateau_mode,
+    check_training_arguments,
+    no_batches_error,
+)
 from pdl.checkpoint import (
     load_checkpoint,
     loader_generator,
@@ -43,20 +51,16 @@ from pdl.checkpoint import (
     training_state,
     warn_if_workers_persist,
 )
-from pdl.device import PrecisionPolicy, get_device, precision_policy, to_device
+from pdl.device import PrecisionPolicy, get_device, precision_policy
 from pdl.diagnostics import (
     check_class_indices,
-    check_fit_arguments,
-    check_loader,
-    check_loss_fn,
-    check_plateau_mode,
-    check_training_arguments,
     check_validation_loss,
     forward_with_diagnostics,
-    no_batches_error,
     non_finite_loss_error,
     split_batch,
 )
+from pdl.evaluation import _len_or_none, _resolve_device, evaluate
+from pdl.evaluation import predict as predict  # so that `from pdl.train import predict` works
 from pdl.history import (
     History,
     Monitor,
@@ -70,7 +74,7 @@ from pdl.metrics import compute_metrics, metric_copies
 from pdl.plot import LivePlot
 
 # --------------------------------------------------------------------------------------
-# One epoch of training, one pass of evaluation, predictions
+# One epoch of training
 # --------------------------------------------------------------------------------------
 
 
@@ -204,121 +208,6 @@ def _optimizer_step(
     return int(skipped)
 
 
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    loss_fn: nn.Module | None = None,
-    *,
-    device: torch.device | str | None = None,
-    metrics: MetricCollection | None = None,
-    policy: PrecisionPolicy | None = None,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Evaluate ``model`` on ``loader`` in eval mode and under ``torch.inference_mode``.
-
-    Returns the mean loss (when ``loss_fn`` is given) and the computed ``metrics``.
-    Eval mode matters: dropout is switched off and batch norm uses its running statistics.
-    Under torchrun each rank evaluates its share and returns the results over all of it.
-
-    Example:
-        >>> model = nn.Linear(3, 2)
-        >>> loader = [(torch.randn(8, 3), torch.randint(0, 2, (8,)))]
-        >>> sorted(evaluate(model, loader, nn.CrossEntropyLoss(), device="cpu"))
-        ['loss']
-    """
-    device = _resolve_device(model, device)
-    policy = policy or precision_policy(device, "fp32")
-    check_loss_fn(loss_fn, required=False)
-    check_loader(loader, "the evaluation loader")
-    loader = distributed.shard_for_evaluation(loader)  # distributed: each rank evaluates its share
-    model.eval()
-    if metrics is not None:
-        metrics.reset()
-    loss_sum, sample_count = 0.0, 0
-    step = 0
-    with torch.inference_mode():
-        bar = tqdm(total=_len_or_none(loader), desc="evaluate", leave=False, disable=not progress)
-        for step, batch in enumerate(loader, start=1):  # not tqdm(loader): see train_one_epoch
-            inputs, targets = split_batch(batch, device)
-            with torch.autocast(device.type, dtype=policy.dtype, enabled=policy.enabled):
-                if step == 1:  # first-batch diagnostics, as in train_one_epoch
-                    outputs, loss = forward_with_diagnostics(
-                        model, loss_fn, inputs, targets, metrics
-                    )
-                else:
-                    outputs = model(inputs)
-                    check_class_indices(outputs, targets, loss_fn)
-                    loss = loss_fn(outputs, targets) if loss_fn is not None else None
-            if loss is not None:
-                loss_sum += loss.item() * len(targets)
-            sample_count += len(targets)
-            if metrics is not None:
-                metrics.update(outputs.float(), targets)
-            bar.update()
-        bar.close()
-    if step == 0:
-        raise no_batches_error("the evaluation loader", 1)
-    loss_sum, sample_count = distributed.sum_over_ranks(
-        loss_sum, sample_count
-    )  # distributed: all ranks
-    results = {}
-    if loss_fn is not None:
-        results["loss"] = loss_sum / sample_count
-    if metrics is not None:
-        results.update(compute_metrics(metrics))
-    return results
-
-
-class Predictions(NamedTuple):
-    """What ``predict`` returns: the model's raw outputs and, if the data had them, the targets."""
-
-    outputs: torch.Tensor
-    targets: torch.Tensor | None
-
-
-def predict(
-    model: nn.Module,
-    data: Iterable | torch.Tensor,
-    *,
-    device: torch.device | str | None = None,
-    batch_size: int = 256,
-) -> Predictions:
-    """Run ``model`` over ``data`` (a DataLoader, or a tensor of inputs) and collect outputs on the CPU.
-
-    Batches may be ``(inputs, targets)`` or just inputs. The outputs are raw scores
-    (logits): take ``.argmax(1)`` for class predictions, ``.softmax(1)`` for probabilities.
-    Under torchrun every rank returns all outputs, in the order of the data.
-
-    Example:
-        >>> out, targets = predict(nn.Linear(3, 2), torch.randn(5, 3), device="cpu")
-        >>> out.shape, targets
-        (torch.Size([5, 2]), None)
-    """
-    device = _resolve_device(model, device)
-    data = distributed.shard_for_evaluation(data)  # distributed: each rank predicts its share
-    if isinstance(data, torch.Tensor):
-        data = data.split(batch_size)
-    model.eval()
-    outputs, targets = [], []
-    with torch.inference_mode():
-        for batch in data:
-            if isinstance(batch, (tuple, list)) and len(batch) == 2:
-                inputs, batch_targets = split_batch(batch, device)
-                targets.append(batch_targets.cpu())
-            elif isinstance(batch, (tuple, list)) and len(batch) == 1:
-                inputs = to_device(
-                    batch[0], device
-                )  # DataLoader(TensorDataset(x)) yields one-element lists
-            else:
-                inputs = to_device(batch, device)
-            outputs.append(model(inputs).float().cpu())
-    if not outputs:
-        raise ValueError("predict got no data: the loader or tensor is empty")
-    outputs, targets = torch.cat(outputs), (torch.cat(targets) if targets else None)
-    # distributed: every rank gets all outputs and targets, in the order of the data
-    return Predictions(distributed.gather_shards(outputs), distributed.gather_shards(targets))
-
-
 # --------------------------------------------------------------------------------------
 # fit: epochs, validation, and the options
 # --------------------------------------------------------------------------------------
@@ -379,7 +268,7 @@ def fit(
     (``pdl.distributed``): the history is the same on every rank, only rank 0 prints and
     writes files, and ``model`` ends up trained.
 
-    Every argument is checked before the first batch; see ``pdl.diagnostics``. Ctrl-C
+    Every argument is checked before the first batch; see ``pdl.arguments``. Ctrl-C
     (KeyboardInterrupt) stops training cleanly: the model keeps what it learned, the history
     of the finished epochs is returned (``history.interrupted`` is True) and the checkpoints
     on disk stay intact. A NaN/inf loss raises ``NonFiniteLossError``.
@@ -511,23 +400,3 @@ def fit(
         if writer is not None:
             writer.close()
     return history
-
-
-# --------------------------------------------------------------------------------------
-# Helpers: devices, loaders
-# --------------------------------------------------------------------------------------
-
-
-def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    """The device asked for, else the one the model's parameters are on."""
-    if device is not None:
-        return get_device(device)
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def _len_or_none(loader: Iterable) -> int | None:
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import pdl
-from pdl import serve
+from pdl import export
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -44,7 +44,7 @@ class Known:
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("app") / "model"
-    serve.train_and_export(
+    export.train_and_export(
         folder,
         train_images=2000,
         channels=(8, 16),
@@ -61,16 +61,16 @@ def known(model_folder) -> Known:
     x, y = pdl.data.fashion_mnist_tensors("test", limit=TEST_IMAGES)
     picks = [int((y == c).nonzero()[0]) for c in range(10)]
     session = onnxruntime.InferenceSession(
-        str(model_folder / serve.MODEL_FILE), providers=["CPUExecutionProvider"]
+        str(model_folder / export.MODEL_FILE), providers=["CPUExecutionProvider"]
     )
     logits = session.run(None, {"images": x[picks].numpy()})[0]
     probabilities = torch.from_numpy(logits).softmax(1)
     right = [c for c in range(10) if probabilities[c].argmax() == c]
     assert right, "the quickly trained model gets none of the example images right"
     best = max(right, key=lambda c: probabilities[c, c])
-    info = json.loads((model_folder / serve.INFO_FILE).read_text())
+    info = json.loads((model_folder / export.INFO_FILE).read_text())
     return Known(
-        model_folder / serve.EXAMPLES_DIR / info["examples"][best],
+        model_folder / export.EXAMPLES_DIR / info["examples"][best],
         info["classes"][best],
         float(probabilities[best, best]),
     )
@@ -244,4 +244,4 @@ def test_an_export_is_verified_against_pytorch(model_folder):
     with torch.random.fork_rng():
         other = pdl.models.ExamplesCNN(channels=(8, 16), hidden=32).eval()  # other random weights
     with pytest.raises(RuntimeError, match="differs from PyTorch"):
-        serve.verify_export(model_folder / serve.MODEL_FILE, other, x)
+        export.verify_export(model_folder / export.MODEL_FILE, other, x)

@@ -12,11 +12,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from pdl.batchnorm import BatchNorm, fold_batchnorm
-from pdl.checks.batchnorm import (
-    check_batchnorm_forward,
-    check_batchnorm_module,
-    check_fold_batchnorm,
-)
+from pdl.checks.batchnorm import check_batchnorm_forward, check_batchnorm_module
+from pdl.checks.folding import check_fold_batchnorm
 
 # --------------------------------------------------------------------------------------
 # check_batchnorm_forward

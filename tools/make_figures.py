@@ -1726,7 +1726,7 @@ def fig_08_app() -> plt.Figure:
     import subprocess
     import tempfile
 
-    from pdl import serve
+    from pdl import export, serve
 
     names = (
         "chromium",
@@ -1744,13 +1744,13 @@ def fig_08_app() -> plt.Figure:
         )
     work = Path(tempfile.mkdtemp(prefix="pdl-app-figure-"))
     started = time.perf_counter()
-    info = serve.train_and_export(
+    info = export.train_and_export(
         work / "model", train_images=6000, channels=(16, 32), hidden=64, progress=False
     )
     seconds = time.perf_counter() - started
     classifier = serve.Classifier(work / "model")
     answers = {
-        name: classifier.predict((work / "model" / serve.EXAMPLES_DIR / name).read_bytes())
+        name: classifier.predict((work / "model" / export.EXAMPLES_DIR / name).read_bytes())
         for name in info["examples"]
     }
     right = [n for n, a in answers.items() if a["label"] == info["classes"][int(n[:2])]]

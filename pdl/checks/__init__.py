@@ -12,9 +12,8 @@ prints a short success line or what is wrong, and returns True/False:
 - ``pdl.checks.modules``: lecture 03
 - ``pdl.checks.training_tricks``: lecture 04
 - ``pdl.checks.cnn``, ``pdl.checks.datasets``, ``pdl.checks.dropout``: lecture 05
-- ``pdl.checks.batchnorm``: lecture 06
+- ``pdl.checks.batchnorm``, ``pdl.checks.folding``: lecture 06
 - ``pdl.checks.transfer``: lecture 07
-- ``pdl.checks.deployment``: lecture 08
 - ``pdl.checks.deployment``: lecture 08
 
 Every check is also available directly as ``pdl.checks.check_...``.
@@ -27,6 +26,7 @@ from pdl.checks import (
     datasets,
     deployment,
     dropout,
+    folding,
     modules,
     numpy_by_hand,
     tensors,
@@ -49,6 +49,7 @@ from pdl.checks.core import (
 from pdl.checks.datasets import *  # noqa: F403
 from pdl.checks.deployment import *  # noqa: F403
 from pdl.checks.dropout import *  # noqa: F403
+from pdl.checks.folding import *  # noqa: F403
 from pdl.checks.modules import *  # noqa: F403
 from pdl.checks.numpy_by_hand import *  # noqa: F403
 from pdl.checks.tensors import *  # noqa: F403
@@ -76,6 +77,7 @@ __all__ = [
         datasets,
         dropout,
         batchnorm,
+        folding,
         transfer,
         deployment,
     )
