@@ -22,9 +22,10 @@ Small modules, one concern each, meant to be read:
 - ``pdl.distributed``: several processes under ``torchrun`` (DistributedDataParallel) for ``fit``.
 - ``pdl.export``: a model exported to ONNX for the demo app, verified against PyTorch (lecture 08).
 - ``pdl.serve``: the demo app, ONNX Runtime behind FastAPI (``import pdl.serve``; lecture 08).
+- ``pdl.grading``: ``python -m pdl grade``, for instructors (``import pdl.grading``).
 """
 
-__version__ = "0.1.0"  # the only place the version is written (pyproject.toml reads it)
+__version__ = "0.2.0"  # the only place the version is written (pyproject.toml reads it)
 
 from pdl import (  # noqa: E402
     arguments,
