@@ -2,12 +2,12 @@
 
 Where the files come from (the data root, the offline mirror, downloads, verification) is
 ``pdl.store``'s business; the functions here ask it for a folder with ``ensure(name)`` and
-turn the files into tensors, ``Dataset``s and ``DataLoader``s:
+turn the files into tensors, ``Dataset`` objects and ``DataLoader`` objects:
 
 - ``fashion_mnist_tensors()`` (the whole set as two tensors) and ``fashion_mnist_dataset()``
   (the usual per-sample torchvision dataset);
 - ``tensor_loader()``: batches sliced from in-memory tensors;
-- ``hymenoptera_datasets()`` with ``imagenet_transform()``: ``ImageFolder``s for lecture 07;
+- ``hymenoptera_datasets()`` with ``imagenet_transform()``: ``ImageFolder`` datasets for lecture 07;
 - ``train_val_split()``, ``make_loader()``, ``default_num_workers()``.
 """
 

@@ -1,6 +1,6 @@
 """The training loop of lecture 03, packaged: ``train_one_epoch`` and ``fit``.
 
-Read it top to bottom: ``fit`` is the loop you wrote by hand,
+Read it top to bottom: ``fit`` is the loop you wrote by hand::
 
     for epoch in range(epochs):
         model.train()

@@ -321,3 +321,11 @@ def test_screenshots(site, server, browser):
     assert browser.save_screenshot(str(SCREENSHOTS / "lecture-math.png"))
     for name in [*shots, "lecture-math.png"]:
         assert (SCREENSHOTS / name).stat().st_size > 10_000, f"{name} looks empty"
+
+
+def test_sphinx_builds_without_warnings(site):
+    # A docstring that breaks reStructuredText renders as a wrong page (a block quote, a link
+    # to a missing anchor) without failing the build: Sphinx's warnings are errors here.
+    # (Warnings about notebooks edited after they were executed are about the build folder.)
+    sphinx = [w for w in site["warnings"] if "WARNING:" in w or "ERROR:" in w or "CRITICAL:" in w]
+    assert not sphinx, "\n".join(sphinx[:20])

@@ -35,6 +35,10 @@ from pathlib import Path
 import nbformat
 from sphinx.cmd.build import build_main
 
+# Run as a script (python tools/...py), the repository root is not on sys.path: put it there
+# so that `tools.` imports work the same as under pytest.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from tools.repository import Repository, current
 from tools.run_notebooks import BUILD as NOTEBOOK_BUILD
 from tools.run_notebooks import REPO, notebook_paths

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import nbformat
 
+# Run as a script (python tools/...py), the repository root is not on sys.path: put it there
+# so that `tools.` imports work the same as under pytest.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from pdl.grading import exercise_names, student_notebook
 from tools.run_notebooks import REPO, notebook_paths
 
