@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from pdl.export import DEMO_TRAIN_IMAGES, EXAMPLES_DIR, INFO_FILE, MODEL_FILE, train_and_export
-from pdl.export import export_for_app as export_for_app  # for notebook 08: pdl.serve.export_for_app
 
 # Where notebook 08 exports its model (relative to the folder it runs in, notebooks/).
 DEFAULT_FOLDER = Path("runs") / "08_model_to_application" / "app"
@@ -69,7 +68,7 @@ class Classifier:
         if not (self.folder / MODEL_FILE).is_file() or not (self.folder / INFO_FILE).is_file():
             raise FileNotFoundError(
                 f"no exported model in {self.folder} (it needs {MODEL_FILE} and {INFO_FILE}): run notebook 08, "
-                "which exports one with pdl.serve.export_for_app, or start the app with --train-if-missing"
+                "which exports one with pdl.export.export_for_app, or start the app with --train-if-missing"
             )
         self.info = json.loads((self.folder / INFO_FILE).read_text(encoding="utf-8"))
         self.classes: list[str] = self.info["classes"]
