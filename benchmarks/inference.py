@@ -181,6 +181,7 @@ def export_and_quantize(model: nn.Module, folder: Path) -> dict[str, Path]:
         input_names=["images"],
         output_names=["logits"],
         dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamo=True,
         external_data=False,
         verbose=False,
     )

@@ -20,7 +20,7 @@ Small modules, one concern each, meant to be read:
 - ``pdl.features``: frozen-backbone features, their cache, the linear probe (lecture 07).
 - ``pdl.checks``: self-checks for the notebook exercises.
 - ``pdl.distributed``: several processes under ``torchrun`` (DistributedDataParallel) for ``fit``.
-- ``pdl.export``: a model exported to ONNX for the demo app, verified against PyTorch (lecture 08).
+- ``pdl.export``: a model exported to ONNX for the demo app, verified against PyTorch (``import pdl.export``; lecture 08).
 - ``pdl.serve``: the demo app, ONNX Runtime behind FastAPI (``import pdl.serve``; lecture 08).
 - ``pdl.grading``: ``python -m pdl grade``, for instructors (``import pdl.grading``).
 """

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 
 # --------------------------------------------------------------------------------------
 # Before training
@@ -97,6 +97,13 @@ def check_loss_fn(loss_fn: Any, required: bool = True) -> None:
     if not callable(loss_fn):
         raise TypeError(
             f"loss_fn must be callable, like nn.CrossEntropyLoss(); got a {type(loss_fn).__name__}"
+        )
+    if (
+        getattr(loss_fn, "reduction", "mean") == "sum"
+    ):  # reported per sample: a sum would be N times too big
+        raise ValueError(
+            f"loss_fn {type(loss_fn).__name__}(reduction='sum') adds up the batch, but pdl reports the "
+            "mean loss per sample (and learning rates are tuned for it): use the default reduction='mean'."
         )
 
 
@@ -212,9 +219,11 @@ def check_loader(loader: Any, name: str, epochs: int = 1) -> None:
     if size == 0:
         hint = ""
         if isinstance(loader, DataLoader):
+            # tensor_loader batches in its sampler (a BatchSampler), so the sizes live there
+            batches = loader.sampler if isinstance(loader.sampler, BatchSampler) else loader
             hint = (
-                f" (its dataset holds {len(loader.dataset)} samples, batch_size={loader.batch_size}"  # type: ignore[arg-type]
-                f"{', drop_last=True drops the only, incomplete batch' if loader.drop_last else ''})"
+                f" (its dataset holds {len(loader.dataset)} samples, batch_size={batches.batch_size}"  # type: ignore[arg-type]
+                f"{', drop_last=True drops the only, incomplete batch' if batches.drop_last else ''})"
             )
         raise ValueError(
             f"{name} yields no batches{hint}: an epoch over it would compute nothing. Give it data."
@@ -222,7 +231,12 @@ def check_loader(loader: Any, name: str, epochs: int = 1) -> None:
 
 
 def no_batches_error(name: str, epoch: int) -> ValueError:
-    """The error for a loader that turned out empty only while iterating it."""
+    """The error for a loader that turned out empty only while iterating it.
+
+    Example:
+        >>> print(no_batches_error("the training loader", 2))  # doctest: +ELLIPSIS
+        the training loader yielded no batches in epoch 2: ...
+    """
     return ValueError(
         f"{name} yielded no batches in epoch {epoch}: the loss and metrics of an empty epoch mean nothing. "
         "A generator or iterator is used up after one pass: pass a DataLoader or a list of batches."

@@ -45,8 +45,8 @@ class CheckpointError(RuntimeError):
 # Writing and reading files
 # --------------------------------------------------------------------------------------
 
-# ".last.pt.<8 characters>.tmp": the temporary files save_checkpoint writes (and only those).
-_TEMPORARY = re.compile(r"^\.(?P<target>.+\.pt)\.[a-z0-9_]{8}\.tmp$")
+# ".last.pt.<8 hex digits>.tmp": the temporary files save_checkpoint writes (and only those).
+_TEMPORARY = re.compile(r"^\.(?P<target>.+\.pt)\.[0-9a-f]{8}\.tmp$")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -117,17 +117,17 @@ def _ctrl_c_deferred() -> Iterator[None]:
 def remove_stale_temporary_files(folder: str | os.PathLike, older_than: float = 60.0) -> list[Path]:
     """Delete temporary files that ``save_checkpoint`` left in ``folder`` when its process was killed.
 
-    Only files of save_checkpoint's own naming (``.<name>.pt.<8 characters>.tmp``) that have
+    Only files of save_checkpoint's own naming (``.<name>.pt.<8 hex digits>.tmp``) that have
     not been written to for ``older_than`` seconds (so not another run's write in progress)
     are removed; every other file stays. Returns what was removed.
 
     Example:
         >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
-        >>> for name in (".last.pt.k3j4h5g6.tmp", "notes.tmp"):
+        >>> for name in (".last.pt.3f9a0c12.tmp", "notes.tmp"):
         ...     _ = (folder / name).write_bytes(b"")
         >>> [p.name for p in remove_stale_temporary_files(folder, older_than=0)]
-        ['.last.pt.k3j4h5g6.tmp']
+        ['.last.pt.3f9a0c12.tmp']
         >>> sorted(p.name for p in folder.iterdir())
         ['notes.tmp']
     """
@@ -302,7 +302,11 @@ def loader_generator(loader: Iterable) -> torch.Generator | None:
 
 
 def warn_if_workers_persist(loader: Iterable) -> None:
-    """Warn when a resumed run cannot repeat the original: workers that keep their random state."""
+    """Warn when a resumed run cannot repeat the original: workers that keep their random state.
+
+    Example:
+        >>> warn_if_workers_persist([(torch.zeros(1), torch.zeros(1))])  # not a DataLoader: silent
+    """
     if isinstance(loader, DataLoader) and loader.persistent_workers and loader.num_workers > 0:
         warnings.warn(
             "this training loader keeps its worker processes between epochs (persistent_workers=True): their "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,8 +32,9 @@ from torch.utils.data import (
 from pdl.device import get_device
 from pdl.store import ensure
 
-if TYPE_CHECKING:
-    from torchvision.transforms import InterpolationMode
+if TYPE_CHECKING:  # for the type hints only: torchvision's datasets load when they are used
+    from torchvision.datasets import FashionMNIST, ImageFolder
+    from torchvision.transforms import InterpolationMode, v2
 
 # --------------------------------------------------------------------------------------
 # Fashion-MNIST
@@ -49,7 +50,7 @@ FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
 
 
-def fashion_mnist_dataset(split: str = "train", transform=None):
+def fashion_mnist_dataset(split: str = "train", transform: Callable | None = None) -> FashionMNIST:
     """Fashion-MNIST as the usual torchvision ``Dataset``: one PIL image at a time.
 
     This is the per-sample pipeline (decode -> transform -> collate) that real datasets
@@ -164,7 +165,7 @@ def imagenet_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     interpolation: InterpolationMode | None = None,
-):
+) -> v2.Compose:
     """The standard ImageNet preprocessing, with light augmentation for training.
 
     Evaluation: resize the short side to ``resize_size`` (default ``image_size * 256/224``),
@@ -204,8 +205,12 @@ def imagenet_transform(
 
 
 def hymenoptera_datasets(
-    image_size: int = 224, *, augment: bool = True, train_transform=None, val_transform=None
-):
+    image_size: int = 224,
+    *,
+    augment: bool = True,
+    train_transform: Callable | None = None,
+    val_transform: Callable | None = None,
+) -> tuple[ImageFolder, ImageFolder]:
     """The ants-vs-bees ``ImageFolder`` datasets ``(train, val)``; classes ``['ants', 'bees']``.
 
     Transforms default to ``imagenet_transform`` (augmented for training when ``augment``);

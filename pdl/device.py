@@ -169,13 +169,14 @@ def precision_policy(device: torch.device | str, precision: str = "auto") -> Pre
     return PrecisionPolicy(device.type, None)
 
 
-def seed_everything(seed: int = 0, deterministic: bool = False) -> None:
+def seed_everything(seed: int = 0, deterministic: bool | None = None) -> None:
     """Seed Python, NumPy and PyTorch (all devices) so that a run can be repeated.
 
     ``deterministic=True`` also asks PyTorch for deterministic kernels (cuDNN included).
     That can be slower, and an operation with no deterministic implementation then raises
     an error instead of silently varying. On the CPU, seeding alone already makes a
-    single-process run repeatable.
+    single-process run repeatable. ``deterministic=False`` switches them off again; the
+    default (None) leaves the setting as it is, whoever chose it.
 
     Example:
         >>> seed_everything(0); a = torch.rand(2)
@@ -192,7 +193,7 @@ def seed_everything(seed: int = 0, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    else:
+    elif deterministic is False:
         torch.use_deterministic_algorithms(False)
 
 

@@ -113,6 +113,12 @@ def check_class_indices(outputs: Any, targets: Any, loss_fn: Any) -> None:
 def non_finite_loss_error(
     value: float, epoch: int, step: int, n_batches: int | None
 ) -> NonFiniteLossError:
+    """The error ``fit`` raises when the training loss becomes NaN or infinite, with what to try.
+
+    Example:
+        >>> print(non_finite_loss_error(float("nan"), 3, 17, 100))  # doctest: +ELLIPSIS
+        The loss became nan at epoch 3, step 17 of 100. Usual causes: ...
+    """
     return NonFiniteLossError(
         f"The loss became {value} at epoch {epoch}, step {step}{f' of {n_batches}' if n_batches else ''}. Usual "
         "causes: a learning rate that is too high, inputs that are not normalized (or hold NaN), a log or "
@@ -121,7 +127,11 @@ def non_finite_loss_error(
 
 
 def check_validation_loss(results: dict[str, float], epoch: int, train_loss: float) -> None:
-    """A NaN validation loss would silently never be "best": stop with an explanation instead."""
+    """A NaN validation loss would silently never be "best": stop with an explanation instead.
+
+    Example:
+        >>> check_validation_loss({"loss": 0.4}, epoch=1, train_loss=0.5)  # finite: nothing happens
+    """
     value = results.get("loss", 0.0)
     if not math.isfinite(value):
         raise NonFiniteLossError(
@@ -180,7 +190,16 @@ def _inputs_summary(inputs: Any) -> str:
 
 
 def explain_forward_error(error: RuntimeError, model: nn.Module, inputs: Any) -> Exception | None:
-    """A plain explanation of ``error`` raised by ``model(inputs)``, or None when there is none to give."""
+    """A plain explanation of ``error`` raised by ``model(inputs)``, or None when there is none to give.
+
+    Example:
+        >>> model = nn.Linear(3, 2)
+        >>> try:
+        ...     model(torch.zeros(4, 5))
+        ... except RuntimeError as error:
+        ...     print(type(explain_forward_error(error, model, torch.zeros(4, 5))).__name__)
+        BatchShapeError
+    """
     text = str(error)
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     shape = _inputs_summary(inputs)
@@ -313,7 +332,12 @@ def check_loss(loss: Any) -> None:
 
 
 def check_metrics(metrics: MetricCollection, outputs: Any, targets: Any) -> None:
-    """The metrics accept the outputs and each computes one number (tried on a copy, so nothing is counted twice)."""
+    """The metrics accept the outputs and each computes one number (tried on a copy, so nothing is counted twice).
+
+    Example:
+        >>> from pdl.metrics import classification_metrics
+        >>> check_metrics(classification_metrics(3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    """
     probe = metrics.clone()
     try:
         probe.update(outputs.detach().float(), targets)

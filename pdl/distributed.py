@@ -17,17 +17,15 @@ and ``pdl.fit`` does the rest with the functions below (no-ops in a single proce
   process would (torchmetrics synchronizes its own states when a group exists).
 - ``sync_batchnorm``: opt in to BatchNorm statistics over the whole global batch (GPU only).
 
-Tested with 2 CPU processes: N ranks with batch b train the weights of one process with batch
-N*b over the same data order (without BatchNorm), and every rank gets the same history.
+Tested with 2 CPU processes: N ranks of batch b train what one process of batch N*b trains
+(same data order, no BatchNorm), and every rank gets the same history.
 
 Every rank runs the same script and must call ``fit``, ``evaluate`` and ``predict`` (they
 communicate): inside ``if rank == 0`` the others would wait until the ``TIMEOUT``.
 The process group ``fit`` creates stays up for later calls (torch cannot re-create it in the
-same process under torchrun) until the script exits, or until ``fit`` ends by an error or
-Ctrl-C: then it is left at once, so that the other ranks stop instead of waiting.
-
-The CUDA path (nccl, ``LOCAL_RANK``, ``SyncBatchNorm``) follows the PyTorch documentation but
-is unverified: the course machines have no GPU.
+same process) until the script exits, or ``fit`` ends by an error or Ctrl-C: then it is left
+at once, so that the other ranks stop instead of waiting.
+The CUDA path (nccl, ``LOCAL_RANK``, ``SyncBatchNorm``) follows PyTorch's documentation, untested.
 """
 
 from __future__ import annotations
@@ -328,10 +326,10 @@ def shard_for_evaluation(
 ) -> Any:
     """This rank's share of ``data`` for ``evaluate`` and ``predict``: samples r, r+N, r+2N, ...
 
-    A DataLoader is re-sampled with ``ShardSampler`` (same batch size; the order is the
-    dataset's, shuffling would change nothing in a sum), a tensor is sliced ``data[r::N]``.
-    A loader that already has a ``ShardSampler`` or ``DistributedSampler`` is kept as it is.
-    One process: ``data`` is returned as it is.
+    A DataLoader is re-sampled with ``ShardSampler`` (same batch size, every sample kept; the
+    order is the dataset's, shuffling changes nothing in a sum), a tensor is sliced
+    ``data[r::N]``. Only a ``ShardSampler`` loader is kept as it is: a ``DistributedSampler``
+    pads and shuffles, which would count samples twice and scramble ``predict``'s order.
 
     Example:
         >>> shard_for_evaluation(torch.arange(5), rank=0, world_size=2)
@@ -343,12 +341,14 @@ def shard_for_evaluation(
         return data
     if isinstance(data, torch.Tensor):
         return data[rank::world_size]
-    if _sampler_of(data, (DistributedSampler, ShardSampler)) is not None:
+    if _sampler_of(data, (ShardSampler,)) is not None:
         return data
-    _, batch_size, drop_last = _index_sampler(data, "evaluation", world_size)
-    return _rebuild(
-        data, ShardSampler(data.dataset, rank=rank, world_size=world_size), batch_size, drop_last
-    )
+    if _sampler_of(data, (DistributedSampler,)) is not None:  # the whole dataset: re-shard it
+        batch_size = data.batch_size
+    else:
+        batch_size = _index_sampler(data, "evaluation", world_size)[1]
+    shards = ShardSampler(data.dataset, rank=rank, world_size=world_size)
+    return _rebuild(data, shards, batch_size, False)  # drop_last=False: every sample counts
 
 
 def _index_sampler(loader: Any, purpose: str, world_size: int) -> tuple[Sampler, int, bool]:

@@ -1,16 +1,18 @@
 """Evaluation and prediction, the loop's read-only half: ``evaluate`` and ``predict``.
 
-Both run the model in eval mode under ``torch.inference_mode``, with the same first-batch
-diagnostics as training (``pdl.diagnostics``), and work the same under torchrun (each rank
-takes its share of the data, the results cover all of it). ``fit`` and ``train_one_epoch``,
-which call ``evaluate`` after every epoch, are in ``pdl/train.py``; both are also importable
-from there (``from pdl.train import evaluate, fit, predict, train_one_epoch``) and as
-``pdl.evaluate`` and ``pdl.predict``.
+Both run the model in eval mode under ``torch.inference_mode`` and give it back in the mode
+it came in; they work the same under torchrun (each rank takes its share of the data, the
+results cover all of it). ``evaluate`` runs the same first-batch diagnostics as training
+(``pdl.diagnostics``). ``fit``, which calls ``evaluate`` after every epoch, is in
+``pdl/train.py``; both functions are also importable from there
+(``from pdl.train import evaluate, fit, predict, train_one_epoch``) and as ``pdl.evaluate``
+and ``pdl.predict``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -56,12 +58,11 @@ def evaluate(
     check_loss_fn(loss_fn, required=False)
     check_loader(loader, "the evaluation loader")
     loader = distributed.shard_for_evaluation(loader)  # distributed: each rank evaluates its share
-    model.eval()
     if metrics is not None:
         metrics.reset()
     loss_sum, sample_count = 0.0, 0
     step = 0
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         bar = tqdm(total=_len_or_none(loader), desc="evaluate", leave=False, disable=not progress)
         for step, batch in enumerate(loader, start=1):  # not tqdm(loader): see pdl.train
             inputs, targets = split_batch(batch, device)
@@ -81,17 +82,39 @@ def evaluate(
                 metrics.update(outputs.float(), targets)
             bar.update()
         bar.close()
-    if step == 0:
-        raise no_batches_error("the evaluation loader", 1)
     loss_sum, sample_count = distributed.sum_over_ranks(
         loss_sum, sample_count
-    )  # distributed: all ranks
+    )  # distributed: all ranks (before any error, so that no rank is left waiting)
+    if sample_count == 0:
+        raise no_batches_error("the evaluation loader", 1)
     results = {}
     if loss_fn is not None:
         results["loss"] = loss_sum / sample_count
     if metrics is not None:
         results.update(compute_metrics(metrics))
     return results
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the ``with`` block, the model's own mode again after it (even on an error).
+
+    A loop that calls ``model.train()`` once and ``evaluate`` every epoch keeps its dropout.
+
+    Example:
+        >>> model = nn.Dropout()
+        >>> with eval_mode(model):
+        ...     model.training
+        False
+        >>> model.training
+        True
+    """
+    was_training = model.training
+    model.eval()  # dropout off, batch norm on its running statistics
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class Predictions(NamedTuple):
@@ -123,9 +146,8 @@ def predict(
     data = distributed.shard_for_evaluation(data)  # distributed: each rank predicts its share
     if isinstance(data, torch.Tensor):
         data = data.split(batch_size)
-    model.eval()
     outputs, targets = [], []
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for batch in data:
             if isinstance(batch, (tuple, list)) and len(batch) == 2:
                 inputs, batch_targets = split_batch(batch, device)

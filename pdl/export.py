@@ -66,7 +66,10 @@ def export_for_app(
     (folder / EXAMPLES_DIR).mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()  # dropout off, batch norm on its running statistics
-    partial = folder / (MODEL_FILE + ".partial")  # renamed when complete: no half-written model
+    # Both files are written beside their real names and renamed together at the end: a crash
+    # never leaves a half-written model, nor a new model with the old class names.
+    partial = folder / (MODEL_FILE + ".partial")
+    info_partial = folder / (INFO_FILE + ".partial")
     try:
         sample = torch.randn(
             3, channels, image_size, image_size, generator=torch.Generator().manual_seed(0)
@@ -74,37 +77,37 @@ def export_for_app(
         torch.onnx.export(
             model, (sample[:2],), partial, input_names=["images"], output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
+            dynamo=True,  # the torch.export-based exporter (the default from torch 2.9 on)
         )  # fmt: skip
         difference = verify_export(
             partial, model, sample, tolerance
         )  # batch 3: the batch size really is free
+        names = []
+        if examples is not None:
+            images, labels = examples
+            for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+                name = f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '-', class_names[int(label)]).strip('-')}.png"
+                _save_png(image, mean, std, folder / EXAMPLES_DIR / name)
+                names.append(name)
+        info = {
+            "format": "pdl-app-1",
+            "classes": list(class_names),
+            "image_size": image_size,
+            "channels": channels,
+            "mean": _per_channel(mean, channels),
+            "std": _per_channel(std, channels),
+            "examples": names,
+            "description": description or type(model).__name__,
+            "max_abs_difference_to_pytorch": difference,
+            "torch": torch.__version__,
+        }
+        info_partial.write_text(json.dumps(info, indent=2), encoding="utf-8")
         os.replace(partial, folder / MODEL_FILE)
+        os.replace(info_partial, folder / INFO_FILE)
     finally:
-        partial.unlink(missing_ok=True)  # only left over when the export failed
+        partial.unlink(missing_ok=True)  # only left over when something failed
+        info_partial.unlink(missing_ok=True)
         model.train(was_training)
-
-    names = []
-    if examples is not None:
-        images, labels = examples
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            name = (
-                f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '-', class_names[int(label)]).strip('-')}.png"
-            )
-            _save_png(image, mean, std, folder / EXAMPLES_DIR / name)
-            names.append(name)
-    info = {
-        "format": "pdl-app-1",
-        "classes": list(class_names),
-        "image_size": image_size,
-        "channels": channels,
-        "mean": _per_channel(mean, channels),
-        "std": _per_channel(std, channels),
-        "examples": names,
-        "description": description or type(model).__name__,
-        "max_abs_difference_to_pytorch": difference,
-        "torch": torch.__version__,
-    }
-    (folder / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return folder
 
 
@@ -127,7 +130,7 @@ def verify_export(
         expected = model(sample).numpy()
     got = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
     difference = float(np.abs(got - expected).max())
-    if difference > tolerance:
+    if not difference <= tolerance:  # also catches NaN, which compares False with everything
         raise RuntimeError(
             f"the exported model differs from PyTorch by {difference:.2e} (> {tolerance:g})"
         )
@@ -211,6 +214,8 @@ def train_and_export(
         device="cpu",
         progress=progress,
     )
+    if history.interrupted:  # fit keeps what was trained, but the app must not serve half a run
+        raise KeyboardInterrupt("training was interrupted: nothing was exported")
     outputs, _ = pdl.predict(model, x_test, device="cpu")
     accuracy = pdl.metrics.accuracy(outputs, y_test)
     picks = [

@@ -18,7 +18,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from pdl.device import get_device
 from pdl.metrics import classification_metrics
 from pdl.train import fit
 from pdl.transfer import _under, freeze, head_path, replace_head
+
+if TYPE_CHECKING:
+    from pdl.history import History
 
 __all__ = [
     "CachedFeatures",
@@ -334,7 +337,7 @@ def fit_linear_probe(
     device: torch.device | str | None = "cpu",
     log_dir: str | os.PathLike | None = None,
     progress: bool = False,
-):
+) -> tuple[nn.Linear, History]:
     """Train a linear head on cached features with ``pdl.fit``; return ``(head, history)``.
 
     ``train`` and ``val`` are ``(features, labels)`` pairs, e.g. from ``cached_features``.

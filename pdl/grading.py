@@ -174,6 +174,11 @@ def grade_notebook(
     interrupted and grading goes on; ``offline`` forbids downloads (``PDL_OFFLINE=1``), and
     applies the notebook's offline parameters. Files the notebook writes go to a
     temporary folder.
+
+    Example:
+        >>> grade = grade_notebook(Path("submissions/alice.ipynb"))  # doctest: +SKIP
+        >>> grade.passed, grade.total  # doctest: +SKIP
+        (9, 10)
     """
     import nbformat  # imported here: ``python -m pdl doctor`` works without Jupyter installed
     from nbclient import NotebookClient
@@ -226,6 +231,11 @@ def grade_notebook(
                 finally:
                     nb.cells.pop()
                 verdicts = _read_probe(probe)
+                if verdicts is None:  # e.g. the student's code replaced sys.stdout or pdl.checks
+                    errors = [o for o in probe.outputs if o.get("output_type") == "error"]
+                    why = (f"{errors[0].get('ename')}: {errors[0].get('evalue')}" if errors
+                           else "it printed nothing")  # fmt: skip
+                    grade.errors.append(f"reading the verdicts after the last cell failed ({why})")
         except DeadKernelError as error:
             grade.errors.append(f"the kernel died, so the exercises could not be judged: {error}")
     grade.seconds = time.perf_counter() - started
@@ -244,7 +254,8 @@ def grade_notebook(
                     cell_errors.setdefault(name, error)
     for name in names:
         if verdicts is None:
-            grade.exercises.append(ExerciseGrade(name, "failed", "not judged: " + grade.errors[-1]))
+            why = grade.errors[-1] if grade.errors else "no verdicts were recorded"
+            grade.exercises.append(ExerciseGrade(name, "failed", "not judged: " + why))
         elif name in verdicts:
             grade.exercises.append(ExerciseGrade(name, *verdicts[name]))
         elif name in cell_errors:
@@ -377,7 +388,14 @@ def exit_status(grades: list[Grade]) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m pdl grade`` (the command itself lives in ``pdl.__main__``)."""
+    """The options of ``python -m pdl grade`` (``pdl.__main__`` dispatches to ``run``).
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_arguments(parser)
+        >>> parser.parse_args(["alice.ipynb", "--json"]).json
+        True
+    """
     parser.description = (
         "Run each student's notebook (fast parameters, no downloads, a time limit per cell) "
         "and report every exercise as passed, failed (with the check's message) or not "
@@ -408,7 +426,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``python -m pdl grade``: grade every submission, print the report, return the exit status."""
+    """``python -m pdl grade``: grade every submission, print the report, return the exit status.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_arguments(parser)
+        >>> run(parser.parse_args(["submissions/", "--csv", "grades.csv"]))  # doctest: +SKIP
+        1
+    """
     found = submissions(args.paths)
     if not found:
         print(f"no notebooks found in {', '.join(map(str, args.paths))}", file=sys.stderr)

@@ -14,12 +14,16 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torchmetrics import Metric
 
 from pdl.plot import plot_history
+
+if TYPE_CHECKING:  # imported for the type hints only: tensorboard loads when logging is asked for
+    from matplotlib.axes import Axes
+    from torch.utils.tensorboard import SummaryWriter
 
 
 @dataclass
@@ -68,7 +72,7 @@ class History:
         """
         return {key: self[key] for key in self.keys()}
 
-    def plot(self, **kwargs: Any):
+    def plot(self, **kwargs: Any) -> Axes:
         """Plot the loss curves (and metrics) with ``pdl.plot.plot_history``; returns the axes.
 
         Example:
@@ -152,7 +156,12 @@ class Monitor:
         return cls(column, mode)
 
     def update(self, row: Mapping[str, float]) -> bool:
-        """Take the epoch's ``row``; return True when its value is the best so far."""
+        """Take the epoch's ``row``; return True when its value is the best so far.
+
+        Example:
+            >>> Monitor("val_accuracy", "max").update({"epoch": 1, "val_accuracy": 0.8})
+            True
+        """
         value = row[self.column]
         if not math.isfinite(value):
             raise ValueError(
@@ -169,10 +178,24 @@ class Monitor:
         return improved
 
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the monitor, so that a resumed run knows the best so far.
+
+        Example:
+            >>> Monitor("val_loss", "min").state_dict()["mode"]
+            'min'
+        """
         return {"column": self.column, "mode": self.mode, "best": self.best,
                 "epochs_without_improvement": self.epochs_without_improvement}  # fmt: skip
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what ``state_dict`` returned (the column and mode come from ``fit``'s arguments).
+
+        Example:
+            >>> m = Monitor("val_loss", "min")
+            >>> m.load_state_dict({"best": 0.5, "epochs_without_improvement": 2})
+            >>> m.best
+            0.5
+        """
         self.best, self.epochs_without_improvement = (
             state["best"],
             state["epochs_without_improvement"],
@@ -254,8 +277,13 @@ def summary_line(row: Mapping[str, float], epochs: int) -> str:
     return "  ".join(parts)
 
 
-def tensorboard_writer(log_dir: str | os.PathLike | None):
-    """A ``SummaryWriter`` for ``log_dir``, or None (imported only when logging is asked for)."""
+def tensorboard_writer(log_dir: str | os.PathLike | None) -> SummaryWriter | None:
+    """A ``SummaryWriter`` for ``log_dir``, or None (imported only when logging is asked for).
+
+    Example:
+        >>> tensorboard_writer(None) is None
+        True
+    """
     if log_dir is None:
         return None
     from torch.utils.tensorboard import SummaryWriter
@@ -263,8 +291,15 @@ def tensorboard_writer(log_dir: str | os.PathLike | None):
     return SummaryWriter(log_dir=str(log_dir))
 
 
-def log_scalars(writer, row: Mapping[str, float]) -> None:
-    """Write one epoch's row: tags "loss/train" and "loss/val" put the splits side by side."""
+def log_scalars(writer: SummaryWriter, row: Mapping[str, float]) -> None:
+    """Write one epoch's row: tags "loss/train" and "loss/val" put the splits side by side.
+
+    Example:
+        >>> import tempfile
+        >>> writer = tensorboard_writer(tempfile.mkdtemp())
+        >>> log_scalars(writer, {"epoch": 1, "train_loss": 0.9, "val_loss": 1.1, "lr": 0.1, "seconds": 2.0})
+        >>> writer.close()
+    """
     epoch = int(row["epoch"])
     for key, value in row.items():
         if key.startswith(("train_", "val_")):

@@ -111,7 +111,7 @@ def show_images(
     std: Sequence[float] | float | None = None,
     ncols: int = 8,
     size: float = 1.6,
-):
+) -> plt.Figure:
     """A grid of images with their labels; with ``predictions``, wrong ones are titled in red.
 
     Images are ``(N, C, H, W)`` or ``(N, H, W)`` tensors; pass the ``mean``/``std`` used for

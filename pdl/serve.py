@@ -32,11 +32,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pdl.export import DEMO_TRAIN_IMAGES, EXAMPLES_DIR, INFO_FILE, MODEL_FILE, train_and_export
+
+if TYPE_CHECKING:  # for the type hints only: FastAPI loads when the app starts
+    from fastapi import FastAPI
 
 # Where notebook 08 exports its model (relative to the folder it runs in, notebooks/).
 DEFAULT_FOLDER = Path("runs") / "08_model_to_application" / "app"
@@ -87,6 +90,11 @@ class Classifier:
         Fashion-MNIST shows light clothes on a black background; a photo usually has a light
         background. A one-channel image whose border is mostly light is therefore inverted
         first, so the model sees what it was trained on (the page says when this happened).
+
+        Example:
+            >>> x, inverted = classifier.preprocess(Path("photo.jpg").read_bytes())  # doctest: +SKIP
+            >>> x.shape, inverted  # doctest: +SKIP
+            ((1, 1, 28, 28), True)
         """
         from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -95,6 +103,8 @@ class Classifier:
             image.load()
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise BadImageError(f"this is not an image file Pillow can read ({error})") from error
+        except Image.DecompressionBombError as error:  # a small file that unpacks to gigabytes
+            raise BadImageError(f"the image has too many pixels ({error})") from error
         image = ImageOps.exif_transpose(image)  # phone photos store their rotation separately
         if image.mode in ("RGBA", "LA", "P"):  # transparent pixels count as white paper
             image = Image.alpha_composite(
@@ -121,7 +131,13 @@ class Classifier:
         return x[None].astype(np.float32), inverted
 
     def predict(self, data: bytes, top: int = 3) -> dict[str, Any]:
-        """Classify one image file's bytes: the best class, the ``top`` classes, the model's time."""
+        """Classify one image file's bytes: the best class, the ``top`` classes, the model's time.
+
+        Example:
+            >>> classifier = Classifier("runs/08_model_to_application/app")  # doctest: +SKIP
+            >>> classifier.predict(Path("shoe.png").read_bytes())["label"]  # doctest: +SKIP
+            'Ankle boot'
+        """
         x, inverted = self.preprocess(data)
         started = time.perf_counter()
         logits = self.session.run(None, {self.input_name: x})[0][0].astype(np.float64)
@@ -146,7 +162,7 @@ class Classifier:
 # --------------------------------------------------------------------------------------
 
 
-def create_app(classifier: Classifier):
+def create_app(classifier: Classifier) -> "FastAPI":  # quoted: FastAPI is imported lazily
     """The FastAPI application: the page, the model's description, example images, predictions.
 
     Example:
@@ -179,14 +195,19 @@ def create_app(classifier: Classifier):
 
     @app.post("/api/predict")
     async def predict(request: Request) -> dict[str, Any]:
-        if int(request.headers.get("content-length") or 0) > MAX_UPLOAD_BYTES:
+        # The size is checked before reading: a body without a length could be endless, and
+        # uvicorn never reads more than the length a request announces.
+        length = request.headers.get("content-length", "")
+        if not length.isdigit():
+            raise HTTPException(status_code=411, detail="send the image with a Content-Length")
+        if int(length) > MAX_UPLOAD_BYTES:
             raise HTTPException(
                 status_code=413, detail=f"the image is larger than {MAX_UPLOAD_BYTES >> 20} MB"
             )
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
-            upload = form.get("file")
-            data = await upload.read() if hasattr(upload, "read") else b""
+            async with request.form(max_part_size=MAX_UPLOAD_BYTES) as form:  # closes temp files
+                upload = form.get("file")
+                data = await upload.read() if hasattr(upload, "read") else b""
         else:
             data = await request.body()
         if not data:
@@ -239,7 +260,14 @@ def running_app(folder: str | os.PathLike, host: str = "127.0.0.1", port: int = 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m pdl serve``."""
+    """The options of ``python -m pdl serve``.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_arguments(parser)
+        >>> parser.parse_args(["--port", "8001"]).port
+        8001
+    """
     parser.add_argument(
         "--model",
         type=Path,
@@ -260,14 +288,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``python -m pdl serve`` with parsed ``args``; returns the exit status."""
+    """Run ``python -m pdl serve`` with parsed ``args``; returns the exit status.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_arguments(parser)
+        >>> main(parser.parse_args(["--model", "runs/08_model_to_application/app"]))  # doctest: +SKIP
+    """
     import uvicorn
 
     folder = args.model
     if not (folder / MODEL_FILE).is_file():
         if not args.train_if_missing:
             print(
-                f"No exported model in {folder}. Run notebook 08 (it exports one there), or add "
+                f"No exported model in {folder.resolve()}. Notebook 08 exports one into "
+                "runs/08_model_to_application/app beside the notebook (notebooks/runs/... in a "
+                "checkout of the course): pass that folder with --model, or add "
                 "--train-if-missing to train a small one first.",
                 file=sys.stderr,
             )
@@ -280,6 +316,8 @@ def main(args: argparse.Namespace) -> int:
     with (
         socket.socket() as probe
     ):  # a clear message instead of uvicorn's bare "address already in use"
+        if os.name != "nt":  # as uvicorn does: connections closing after a restart don't count
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((args.host, args.port))
         except OSError as error:

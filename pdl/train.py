@@ -268,6 +268,9 @@ def fit(
     (``pdl.distributed``): the history is the same on every rank, only rank 0 prints and
     writes files, and ``model`` ends up trained.
 
+    ``model`` is returned in eval mode, ready for predictions (``train_one_epoch`` switches
+    it back to train mode).
+
     Every argument is checked before the first batch; see ``pdl.arguments``. Ctrl-C
     (KeyboardInterrupt) stops training cleanly: the model keeps what it learned, the history
     of the finished epochs is returned (``history.interrupted`` is True) and the checkpoints
@@ -308,8 +311,10 @@ def fit(
 
     history, start_epoch = History(), 1
     if resume is not None:
+        # Loaded on the CPU: the saved random states must stay CPU tensors, and load_state_dict
+        # copies the weights and the optimizer's state onto the model's device itself.
         done, rows, saved_monitor = restore_training_state(
-            load_checkpoint(resume, map_location=device), resume, model=model, optimizer=optimizer,
+            load_checkpoint(resume), resume, model=model, optimizer=optimizer,
             scheduler=scheduler, scaler=scaler, monitor=best.state_dict(), requested_lrs=requested_lrs,
             generator=generator, epochs=epochs,
         )  # fmt: skip
@@ -386,11 +391,12 @@ def fit(
         distributed.leave(
             created_group
         )  # distributed: the ranks are out of step: let the others stop
-        print(
-            f"Interrupted during epoch {epoch}: returning the history of {len(history)} finished "
-            "epochs. The model keeps its current weights"
-            + (f"; checkpoints in {checkpoint_dir} are intact." if checkpoint_dir else ".")
-        )
+        if distributed.is_main_process():  # distributed: one message, not one per rank
+            print(
+                f"Interrupted during epoch {epoch}: returning the history of {len(history)} "
+                "finished epochs. The model keeps its current weights"
+                + (f"; checkpoints in {checkpoint_dir} are intact." if checkpoint_dir else ".")
+            )
     except BaseException:
         distributed.leave(
             created_group
@@ -399,4 +405,5 @@ def fit(
     finally:
         if writer is not None:
             writer.close()
+        model.eval()  # ready for predictions; train_one_epoch switches back to train mode
     return history

@@ -169,6 +169,46 @@ def test_the_app_refuses_what_is_not_an_image(server):
     assert error.value.code == 404
 
 
+def test_the_app_refuses_uploads_it_cannot_bound_and_decompression_bombs(server, tmp_path):
+    import http.client
+    import urllib.parse
+
+    from PIL import Image
+
+    address = urllib.parse.urlsplit(server)
+
+    def send(body, headers):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+        try:
+            connection.request("POST", "/api/predict", body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, json.load(response)
+        finally:
+            connection.close()
+
+    # Chunked (no Content-Length): the size is unknown before reading, so it is refused.
+    status, answer = send(
+        iter([b"abc"]), {"Content-Type": "image/png", "Transfer-Encoding": "chunked"}
+    )
+    assert status == 411 and "Content-Length" in answer["detail"]
+    # An announced size over the limit is refused before anything is read.
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/api/predict")
+        connection.putheader("Content-Type", "image/png")
+        connection.putheader("Content-Length", str(100 << 20))
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413 and "larger than" in json.load(response)["detail"]
+    finally:
+        connection.close()
+    # A small PNG that would unpack to 225 million pixels: Pillow refuses it, the app says so.
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (15_000, 15_000)).save(bomb)
+    status, answer = send(bomb.read_bytes(), {"Content-Type": "image/png"})
+    assert status == 400 and "too many pixels" in answer["detail"]
+
+
 def test_serve_without_a_model_says_what_to_do(tmp_path, capsys):
     from pdl.__main__ import main
 
@@ -245,3 +285,12 @@ def test_an_export_is_verified_against_pytorch(model_folder):
         other = pdl.models.ExamplesCNN(channels=(8, 16), hidden=32).eval()  # other random weights
     with pytest.raises(RuntimeError, match="differs from PyTorch"):
         export.verify_export(model_folder / export.MODEL_FILE, other, x)
+
+
+def test_an_export_that_computes_nan_fails_verification(model_folder):
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 10), float("nan"))
+
+    with pytest.raises(RuntimeError, match="differs from PyTorch by nan"):
+        export.verify_export(model_folder / export.MODEL_FILE, Broken(), torch.randn(2, 1, 28, 28))

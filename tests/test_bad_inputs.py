@@ -192,6 +192,8 @@ SGD = torch.optim.SGD
 CASES = [
     # --- fit's arguments: refused before the first batch --------------------------------------
     row("loss_fn is the class", lambda e: e.fit(loss_fn=nn.CrossEntropyLoss), TypeError, "is the class CrossEntropyLoss", "nn.CrossEntropyLoss()", True),
+    row("loss_fn sums the batch", lambda e: e.fit(loss_fn=nn.CrossEntropyLoss(reduction="sum")), ValueError, "reduction='sum'", "use the default reduction='mean'", True),
+    row("evaluate with a summing loss", lambda e: pdl.evaluate(nn.Linear(5, 3), e.batches(), nn.CrossEntropyLoss(reduction="sum")), ValueError, "adds up the batch", "reduction='mean'"),
     row("loss_fn is a string", lambda e: e.fit(loss_fn="cross_entropy"), TypeError, "must be callable", "like nn.CrossEntropyLoss()", True),
     row("optimizer is the class", lambda e: e.fit(optimizer=torch.optim.Adam), TypeError, "is the class Adam", "torch.optim.Adam(model.parameters()", True),
     row("optimizer is model.parameters()", lambda e: e.fit(optimizer=e.model.parameters()), TypeError, "must be a torch.optim optimizer", "torch.optim.Adam(model.parameters()", True),
@@ -223,6 +225,7 @@ CASES = [
     row("train_loader is a tensor", lambda e: e.fit(train_loader=torch.randn(8, 5)), TypeError, "is a tensor, not batches", "pdl.data.tensor_loader(x, y", True),
     row("train_loader is a generator", lambda e: e.fit(train_loader=(b for b in e.batches())), TypeError, "can be iterated only once", "a DataLoader", True),
     row("train_loader is empty", lambda e: e.fit(train_loader=[]), ValueError, "yields no batches", "Give it data", True),
+    row("tensor_loader's drop_last drops the only batch", lambda e: e.fit(train_loader=tensor_loader(torch.randn(5, 5), torch.zeros(5, dtype=torch.long), batch_size=8, drop_last=True)), ValueError, ["5 samples, batch_size=8", "drop_last=True"], "Give it data", True),
     row("drop_last drops the only batch", lambda e: e.fit(train_loader=DataLoader(TensorDataset(torch.randn(5, 5), torch.zeros(5, dtype=torch.long)), batch_size=8, drop_last=True)), ValueError, ["5 samples, batch_size=8", "drop_last=True"], "Give it data", True),
     row("val_loader is empty", lambda e: e.fit(val_loader=[]), ValueError, "val_loader yields no batches", "Give it data", True),
     row("train_loader is None", lambda e: e.fit(train_loader=None), TypeError, "must yield (inputs, targets) batches", "like a DataLoader", True),

@@ -200,17 +200,18 @@ def test_garbage_is_reported_as_damaged_not_as_unsafe(tmp_path):
 
 def test_only_stale_temporary_files_of_pdl_naming_are_removed(tmp_path):
     names = {
-        ".last.pt.k3j4h5g6.tmp": True, ".best.pt.a_b_c_d_.tmp": True, ".features-0f1e.pt.00000000.tmp": True,
-        ".last.pt.k3j4h5g.tmp": False, ".last.pt.K3J4H5G6.tmp": False, ".last.ckpt.k3j4h5g6.tmp": False,
-        "last.pt.k3j4h5g6.tmp": False, ".last.pt.k3j4h5g6.tmp.bak": False, "notes.tmp": False,
+        ".last.pt.3f9a0c12.tmp": True, ".best.pt.deadbeef.tmp": True, ".features-0f1e.pt.00000000.tmp": True,
+        ".last.pt.3f9a0c1.tmp": False, ".last.pt.3F9A0C12.tmp": False, ".last.ckpt.3f9a0c12.tmp": False,
+        "last.pt.3f9a0c12.tmp": False, ".last.pt.3f9a0c12.tmp.bak": False, "notes.tmp": False,
+        ".last.pt.k3j4h5g6.tmp": False, ".best.pt.a_b_c_d_.tmp": False,  # not token_hex's letters: not ours
     }  # fmt: skip
     for name in names:
         (tmp_path / name).write_bytes(b"x")
         os.utime(tmp_path / name, (0, 0))
-    (tmp_path / ".last.pt.dir00000.tmp").mkdir()  # a folder is never a temporary file of ours
+    (tmp_path / ".last.pt.d0000000.tmp").mkdir()  # a folder is never a temporary file of ours
     removed = {p.name for p in remove_stale_temporary_files(tmp_path)}
     assert removed == {name for name, ours in names.items() if ours}
-    (tmp_path / ".last.pt.fresh000.tmp").write_bytes(b"x")  # another run writing right now
+    (tmp_path / ".last.pt.fe5a0000.tmp").write_bytes(b"x")  # another run writing right now
     assert remove_stale_temporary_files(tmp_path) == []
 
 

@@ -107,7 +107,9 @@ def test_seed_everything_repeats_python_numpy_and_torch():
     assert first[:2] == second[:2] and torch.equal(first[2], second[2])
     seed_everything(3, deterministic=True)
     assert torch.are_deterministic_algorithms_enabled()
-    seed_everything(3)
+    seed_everything(3)  # leaves the setting alone
+    assert torch.are_deterministic_algorithms_enabled()
+    seed_everything(3, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled()
 
 

@@ -25,7 +25,13 @@ from typing import NamedTuple
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    SubsetRandomSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
 
 import pdl
 from pdl import distributed
@@ -292,6 +298,18 @@ def test_evaluation_shards_count_every_sample_once_and_keep_options():
     assert shards[1].num_workers == 1 and shards[1].batch_size == 3
     again = distributed.shard_for_evaluation(shards[0], rank=0, world_size=2)
     assert again is shards[0]  # already split
+
+
+def test_evaluation_re_shards_a_distributed_sampler_and_keeps_the_last_samples():
+    data = TensorDataset(torch.arange(11.0))
+    # A DistributedSampler pads to 12 and shuffles; drop_last would drop samples 9 and 10.
+    for r in (0, 1):
+        given = DataLoader(data, batch_size=3, drop_last=True,
+                           sampler=DistributedSampler(data, num_replicas=2, rank=r, shuffle=True))  # fmt: skip
+        shard = distributed.shard_for_evaluation(given, rank=r, world_size=2)
+        assert [s for (batch,) in shard for s in batch.tolist()] == [
+            float(i) for i in range(r, 11, 2)
+        ]
 
 
 @pytest.mark.parametrize(

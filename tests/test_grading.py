@@ -237,3 +237,21 @@ def test_a_file_that_is_not_a_notebook_is_reported_not_raised(tmp_path):
     grade = grade_notebook(tmp_path / "essay.ipynb")
     assert grade.exercises == [] and "cannot read" in grade.errors[0]
     assert exit_status([grade]) == 2
+
+
+def test_a_submission_that_silences_stdout_is_reported_not_judged(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["pdl"] = {"exercises": ["double"], "timeout": 600}
+    cells = [
+        (_SETUP, []),
+        ("double = lambda x: 2 * x\npdl.checks.check_double(double);", ["exercise"]),
+        ("import os, sys\nsys.stdout = open(os.devnull, 'w')  # a student's tidy-up", []),
+    ]
+    for source, cell_tags in cells:
+        nb.cells.append(nbformat.v4.new_code_cell(source, metadata={"tags": cell_tags}))
+    nbformat.write(nb, tmp_path / "quiet.ipynb")
+    grade = grade_notebook(tmp_path / "quiet.ipynb", timeout=60)
+    (exercise,) = grade.exercises
+    assert exercise.status == "failed" and "not judged" in exercise.message
+    assert "reading the verdicts" in exercise.message and "printed nothing" in exercise.message
+    assert exit_status([grade]) == 2  # the grader says it could not judge, it does not crash

@@ -480,7 +480,23 @@ def test_evaluate_uses_eval_mode_and_inference_mode():
     first = evaluate(model, loader, nn.CrossEntropyLoss())
     second = evaluate(model, loader, nn.CrossEntropyLoss())
     assert first == second  # dropout is off: evaluation is deterministic
+    assert model.training  # given back in the mode it came in: a hand-written loop keeps dropout
+    model.eval()
+    predict(model, torch.randn(4, 5))
     assert not model.training
+    model.train()
+    with pytest.raises(ValueError):
+        evaluate(model, [], nn.CrossEntropyLoss())
+    assert model.training  # also after an error
+
+
+def test_fit_returns_the_model_in_eval_mode_ready_for_predictions():
+    model = nn.Sequential(nn.Linear(5, 5), nn.Dropout(0.5), nn.Linear(5, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, toy_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=opt, epochs=1, progress=False)
+    assert not model.training
+    x = torch.randn(3, 5)
+    assert torch.equal(model(x), model(x))  # dropout off
 
 
 def test_predict_with_and_without_targets():
@@ -640,10 +656,10 @@ def test_keyboard_interrupt_inside_the_write_keeps_the_previous_checkpoint(tmp_p
 def test_a_run_cleans_the_temporary_files_a_killed_run_left_and_nothing_else(tmp_path, capsys):
     import os
 
-    stale = [tmp_path / ".last.pt.k3j4h5g6.tmp", tmp_path / ".best.pt.0a1b2c3d.tmp"]
-    others = [tmp_path / "notes.tmp", tmp_path / ".last.pt.backup", tmp_path / "last.pt.k3j4h5g6.tmp",
-              tmp_path / ".data.k3j4h5g6.tmp", tmp_path / ".last.pt.toolongname.tmp"]  # fmt: skip
-    fresh = tmp_path / ".last.pt.zzzz9999.tmp"  # being written right now by another run
+    stale = [tmp_path / ".last.pt.3f9a0c12.tmp", tmp_path / ".best.pt.0a1b2c3d.tmp"]
+    others = [tmp_path / "notes.tmp", tmp_path / ".last.pt.backup", tmp_path / "last.pt.3f9a0c12.tmp",
+              tmp_path / ".data.3f9a0c12.tmp", tmp_path / ".last.pt.toolongname.tmp"]  # fmt: skip
+    fresh = tmp_path / ".last.pt.ffff9999.tmp"  # being written right now by another run
     for path in [*stale, *others, fresh]:
         path.write_bytes(b"x" * 100)
     for path in [*stale, *others]:

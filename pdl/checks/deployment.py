@@ -71,7 +71,7 @@ def check_export_onnx(fn: Callable, *, seed: int = 0) -> bool:
         >>> def export_and_verify(model, example, path):
         ...     model.eval()
         ...     torch.onnx.export(model, (example,), path, dynamic_shapes=({0: torch.export.Dim("batch")},),
-        ...                       verbose=False)
+        ...                       verbose=False, dynamo=True)
         ...     import onnxruntime
         ...     session = onnxruntime.InferenceSession(path)
         ...     got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
