@@ -162,7 +162,14 @@ def test_runs_fast_and_checks_hold(path):
     assert not run.failed_checks, (
         f"{path.name}: checks failed: {run.failed_checks}; results {json.dumps(run.results)}"
     )
-    assert (BUILD / "fast" / path.name).is_file()
+    executed = nbformat.read(BUILD / "fast" / path.name, as_version=4)
+    frozen = [
+        cell.id
+        for cell in executed.cells
+        for output in cell.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+    ]
+    assert not frozen, f"widget outputs (frozen progress bars) left in the executed copy: {frozen}"
 
 
 # The set-up cell runs under IPython (it uses %pip); this script runs it with pdl hidden

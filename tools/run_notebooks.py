@@ -117,8 +117,29 @@ def execute_notebook(path: Path, mode: str = "fast", out_dir: Path | None = None
         "mode": mode,
         "seconds": round(run.seconds, 1),
     }
+    drop_frozen_widgets(nb)
     nbformat.write(nb, out_dir / path.name)
     return run
+
+
+def drop_frozen_widgets(nb: nbformat.NotebookNode) -> int:
+    """Remove widget outputs (tqdm's notebook progress bars) from an executed copy; return how many.
+
+    A widget lives in the kernel: saved in a file it is only its first text, a bar frozen at
+    0% above every epoch, on the course site and in any viewer. The epoch's summary line,
+    printed as plain text, stays.
+    """
+    dropped = 0
+    for cell in nb.cells:
+        kept = [
+            output
+            for output in cell.get("outputs", [])
+            if "application/vnd.jupyter.widget-view+json" not in output.get("data", {})
+        ]
+        dropped += len(cell.get("outputs", [])) - len(kept)
+        if cell.cell_type == "code":
+            cell.outputs = kept
+    return dropped
 
 
 def inject_parameters(nb: nbformat.NotebookNode, parameters: dict) -> None:
