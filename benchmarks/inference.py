@@ -22,6 +22,7 @@ path that is slower than the reference. ONNX Runtime and PyTorch get the same nu
 
 import argparse
 import copy
+import logging
 import os
 import statistics
 import tempfile
@@ -36,11 +37,15 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
-from torch.utils.benchmark import Timer
 
 import pdl
 from pdl.batchnorm import fold_batchnorms
 from pdl.models import ExamplesCNN
+
+# torch.utils.benchmark loads torch's C++-extension helper, whose "No CUDA runtime is found"
+# note on import is irrelevant here: quiet that one logger first.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
 
 REFERENCE = "eager, eval() + no_grad"
 
@@ -271,7 +276,7 @@ def warm_up(paths: dict[str, Callable], batches: dict[str, torch.Tensor]) -> dic
 
 
 def seconds_per_call(run: Callable[[], object], min_run_time: float, threads: int) -> float:
-    timer = Timer(stmt="run()", globals={"run": run}, num_threads=threads)
+    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
@@ -297,10 +302,16 @@ def report(median, batch, accuracies, compile_seconds, files) -> None:
                 for kind, seconds in compile_seconds.items()
             )
         )
-    per_image = reference["latency"] / (reference["throughput"] / batch)
+    per_image = reference["latency"] / (reference["throughput"] / batch)  # > 1: batching pays
+    if per_image >= 1.1:
+        verdict = f"an image takes {per_image:.1f}x less time in a batch of {batch} than alone"
+    elif per_image <= 1 / 1.1:
+        verdict = f"batching did not pay here: an image took {1 / per_image:.1f}x as long in a batch of {batch} as alone"
+    else:
+        verdict = f"an image takes about as long in a batch of {batch} as alone ({per_image:.2f}x)"
     print(
-        f"batch size: one image costs {per_image:.1f}x less time in a batch of {batch} than alone "
-        "(throughput), but every image in the batch waits for the whole batch (latency)"
+        f"batch size (eager float32): {verdict}; and every image in a batch waits for the whole "
+        "batch (latency)"
     )
 
     print(
