@@ -219,23 +219,32 @@ def accuracy(run: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, y: torc
     return float((predictions == y.numpy()).mean())
 
 
+def eager(
+    net: nn.Module, context: Callable = torch.no_grad, memory_format=torch.contiguous_format
+) -> Callable:
+    """make(x) for an eager PyTorch path: a zero-argument call running ``net`` on ``x``."""
+
+    def make(x):
+        x = x.contiguous(memory_format=memory_format)
+
+        def run():
+            with context():
+                net(x)
+
+        return run
+
+    return make
+
+
+def onnx_runtime(session: onnxruntime.InferenceSession) -> Callable:
+    """make(x) for an ONNX Runtime session: a zero-argument call running it on ``x``."""
+    return lambda x: lambda: session.run(None, {"images": x.numpy()})
+
+
 def inference_paths(
     model, bn_model, folded, sessions, *, compile_model: bool
 ) -> dict[str, Callable]:
     """name -> make(x): a function that returns a zero-argument call running the path on ``x``."""
-
-    def eager(net: nn.Module, context=torch.no_grad, memory_format=torch.contiguous_format):
-        def make(x):
-            x = x.contiguous(memory_format=memory_format)
-
-            def run():
-                with context():
-                    net(x)
-
-            return run
-
-        return make
-
     training = copy.deepcopy(model).train()
     last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     paths = {
@@ -254,7 +263,7 @@ def inference_paths(
     paths["CNN + batch norm, eager"] = eager(bn_model, torch.inference_mode)
     paths["CNN + batch norm, folded"] = eager(folded, torch.inference_mode)
     for name, session in sessions.items():
-        paths[name] = lambda x, s=session: lambda: s.run(None, {"images": x.numpy()})
+        paths[name] = onnx_runtime(session)
     return paths
 
 

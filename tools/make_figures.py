@@ -1556,58 +1556,26 @@ def fig_08_speedups() -> plt.Figure:
     import tempfile
 
     import onnxruntime
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # the paths are benchmarks/inference.py's own
+    from benchmarks.inference import eager, export_and_quantize, onnx_runtime
 
     model = pdl.models.ExamplesCNN().eval()  # random weights: the speed does not depend on them
-    folder = Path(tempfile.mkdtemp(prefix="pdl-figure-"))
-    torch.onnx.export(
-        model,
-        (torch.zeros(2, 1, 28, 28),),
-        folder / "cnn.onnx",
-        input_names=["images"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        external_data=False,
-        verbose=False,
-    )
-    quantize_dynamic(
-        str(folder / "cnn.onnx"),
-        str(folder / "linear.onnx"),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-    )
-    quantize_dynamic(
-        str(folder / "cnn.onnx"), str(folder / "all.onnx"), weight_type=QuantType.QInt8
-    )
+    files = export_and_quantize(model, Path(tempfile.mkdtemp(prefix="pdl-figure-")))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-
-    def torch_path(net, context, memory_format=torch.contiguous_format):
-        def make(x):
-            x = x.contiguous(memory_format=memory_format)
-
-            def run():
-                with context():
-                    net(x)
-
-            return run
-
-        return make
-
     paths = {
-        "eager, eval + no_grad\n(the reference)": torch_path(model, torch.no_grad),
-        "eager, inference_mode": torch_path(model, torch.inference_mode),
-        "eager, channels_last": torch_path(last, torch.inference_mode, torch.channels_last),
+        "eager, eval + no_grad\n(the reference)": eager(model, torch.no_grad),
+        "eager, inference_mode": eager(model, torch.inference_mode),
+        "eager, channels_last": eager(last, torch.inference_mode, torch.channels_last),
     }
-    for label, file in [
-        ("ONNX Runtime float32", "cnn"),
-        ("ONNX Runtime int8,\nlinear layers", "linear"),
-        ("ONNX Runtime int8,\nall layers", "all"),
-    ]:
+    for name, path in files.items():
         session = onnxruntime.InferenceSession(
-            str(folder / f"{file}.onnx"), options, providers=["CPUExecutionProvider"]
+            str(path), options, providers=["CPUExecutionProvider"]
         )
-        paths[label] = lambda x, s=session: lambda: s.run(None, {"images": x.numpy()})
+        paths[name.replace(", ", ",\n")] = onnx_runtime(session)
     batches = {
         "batch 1 (latency)": torch.randn(1, 1, 28, 28),
         "batch 256 (throughput)": torch.randn(256, 1, 28, 28),
@@ -1627,6 +1595,10 @@ def fig_08_speedups() -> plt.Figure:
         ax.axvline(1, color="black", lw=1)
         ax.set(xscale="log", xlabel="speed-up vs eager float32 (log scale)", title=title)
         ax.set_xlim(right=max(ratios) * 3)
+        # Ticks at 1, 2, 5 per decade, labelled "2x": the default minor labels overlap.
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].invert_yaxis()
     fig.suptitle(
         f"Lecture 05's CNN on this CPU, {torch.get_num_threads()} thread(s), measured when the figures were built"
